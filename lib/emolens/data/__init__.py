@@ -1,0 +1,30 @@
+"""Typed loaders, the topic plan and validators for the corpus in ``data/``."""
+
+from emolens.data.records import (
+    DATA_DIR,
+    DataError,
+    Emotion,
+    Story,
+    Topic,
+    load_emotions,
+    load_stories,
+    load_topics,
+    planned_slot,
+    read_jsonl,
+)
+from emolens.data.leaks import BannedWords, load_banned_words
+
+__all__ = [
+    "DATA_DIR",
+    "BannedWords",
+    "DataError",
+    "Emotion",
+    "Story",
+    "Topic",
+    "load_banned_words",
+    "load_emotions",
+    "load_stories",
+    "load_topics",
+    "planned_slot",
+    "read_jsonl",
+]

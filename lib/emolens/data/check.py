@@ -1,0 +1,136 @@
+"""Corpus checks: schema, plan, banned-word leaks, lengths, duplicates and topic balance.
+
+Run ``python -m emolens.data check`` (add ``--emotions a,b`` to check a share). Exit status 1 on any error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field as dfield
+from itertools import combinations
+from pathlib import Path
+
+from emolens.data.leaks import load_banned_words
+from emolens.data.records import (
+    DATA_DIR,
+    STORIES_PER_EMOTION,
+    load_emotions,
+    load_stories,
+    load_topics,
+    planned_slot,
+)
+
+MIN_WORDS, MAX_WORDS = 90, 170
+NEAR_DUPLICATE_JACCARD = 0.5  # 5-word shingles; independently written paragraphs score well below 0.1
+
+
+@dataclass
+class Report:
+    errors: list[str] = dfield(default_factory=list)
+    warnings: list[str] = dfield(default_factory=list)
+    counts: dict[str, int] = dfield(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def shingles(text: str, k: int = 5) -> set[tuple[str, ...]]:
+    w = words(text)
+    return {tuple(w[i:i + k]) for i in range(max(1, len(w) - k + 1))}
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / max(1, len(a | b))
+
+
+def near_duplicates(texts: dict[str, str], threshold: float = NEAR_DUPLICATE_JACCARD) -> list[tuple[str, str, float]]:
+    """Pairs of ids whose 5-word-shingle Jaccard similarity reaches ``threshold``.
+
+    Candidate pairs come from an inverted index of shingles, so the check stays fast on thousands of texts.
+    """
+    sh = {k: shingles(t) for k, t in texts.items()}
+    index: dict[tuple[str, ...], list[str]] = {}
+    for k, s in sh.items():
+        for g in s:
+            index.setdefault(g, []).append(k)
+    shared: Counter[tuple[str, str]] = Counter()
+    for ids in index.values():
+        if len(ids) < 50:  # a shingle in 50+ texts is a stock phrase, counted by repeated_phrases instead
+            for a, b in combinations(sorted(ids), 2):
+                shared[(a, b)] += 1
+    out = []
+    for (a, b), n in shared.items():
+        j = jaccard(sh[a], sh[b])
+        if j >= threshold:
+            out.append((a, b, round(j, 3)))
+    return sorted(out)
+
+
+def repeated_phrases(texts: dict[str, str], k: int = 6, min_count: int = 4) -> list[tuple[str, int]]:
+    """k-word phrases that occur in at least ``min_count`` different texts: stock phrasing to review."""
+    c: Counter[tuple[str, ...]] = Counter()
+    for t in texts.values():
+        c.update(shingles(t, k))
+    return [(" ".join(g), n) for g, n in c.most_common() if n >= min_count]
+
+
+def check_corpus(data_dir: Path | None = None, emotions: list[str] | None = None,
+                 banned_file: Path | None = None) -> Report:
+    root = Path(data_dir or DATA_DIR)
+    rep = Report()
+    emos = load_emotions(root)
+    n_topics = len(load_topics(root))
+    index = {e.emotion: e.index for e in emos}
+    banned = load_banned_words(root, banned_file)
+    stories = load_stories(root, emotions)
+    wanted = [e.emotion for e in emos] if emotions is None else emotions
+    rep.counts["stories"] = len(stories)
+    by_emotion: dict[str, list] = {}
+    seen_ids: set[str] = set()
+    for s in stories:
+        by_emotion.setdefault(s.emotion, []).append(s)
+        if s.id in seen_ids:
+            rep.errors.append(f"{s.id}: duplicate id")
+        seen_ids.add(s.id)
+        if not 0 <= s.topic_id < n_topics:
+            rep.errors.append(f"{s.id}: topic_id {s.topic_id} out of range 0..{n_topics - 1}")
+        if s.slot < STORIES_PER_EMOTION and (s.topic_id, s.person) != planned_slot(index[s.emotion], s.slot):
+            rep.errors.append(f"{s.id}: (topic_id, person) = {(s.topic_id, s.person)}, plan says "
+                              f"{planned_slot(index[s.emotion], s.slot)}")
+        n = len(words(s.text))
+        if not MIN_WORDS <= n <= MAX_WORDS:
+            rep.errors.append(f"{s.id}: {n} words, allowed {MIN_WORDS}-{MAX_WORDS}")
+        if s.emotion not in banned.terms:
+            rep.errors.append(f"{s.id}: no banned-word list for {s.emotion!r}")
+        else:
+            hits = banned.leaks(s.emotion, s.text)
+            if hits:
+                rep.errors.append(f"{s.id}: leaks banned word(s) {sorted(set(hits))}")
+    for emo in wanted:
+        have = len(by_emotion.get(emo, []))
+        if have != STORIES_PER_EMOTION:
+            rep.errors.append(f"{emo}: {have} stories, expected {STORIES_PER_EMOTION}")
+    texts = {s.id: s.text for s in stories}
+    exact = Counter(" ".join(words(t)) for t in texts.values())
+    rep.counts["exact_duplicates"] = sum(n - 1 for n in exact.values() if n > 1)
+    if rep.counts["exact_duplicates"]:
+        rep.errors.append(f"{rep.counts['exact_duplicates']} exact duplicate text(s)")
+    dups = near_duplicates(texts)
+    rep.counts["near_duplicates"] = len(dups)
+    rep.errors += [f"near-duplicate stories {a} and {b} (Jaccard {j})" for a, b, j in dups]
+    phrases = repeated_phrases(texts)
+    rep.counts["repeated_6grams"] = len(phrases)
+    rep.warnings += [f"phrase in {n} stories: '{p}'" for p, n in phrases[:20]]
+    per_topic = Counter(s.topic_id for s in stories)
+    if stories:
+        rep.counts["topic_min"] = min(per_topic.get(t, 0) for t in range(n_topics))
+        rep.counts["topic_max"] = max(per_topic.values())
+        if emotions is None and rep.counts["topic_max"] - rep.counts["topic_min"] > 2:
+            rep.errors.append(f"topic balance: {rep.counts['topic_min']}-{rep.counts['topic_max']} stories per topic")
+    return rep

@@ -1,0 +1,151 @@
+"""Record types and JSONL loaders. A bad file fails with its path, line and the field at fault."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+STORIES_PER_EMOTION = 12
+N_TOPICS = 100
+TOPIC_STRIDE = 8  # story j of emotion i uses topic (i + 8 j) % 100: every emotion spans the topic list
+
+
+def _default_data_dir() -> Path:
+    env = os.environ.get("EMOLENS_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "data"
+
+
+DATA_DIR = _default_data_dir()
+
+
+class DataError(ValueError):
+    """A data file is malformed: the message names the file, the line and the field."""
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-empty line; malformed JSON raises DataError."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+            yield n, obj
+
+
+def field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """Return obj[name], checking presence and type; errors name the place and the expected type."""
+    if name not in obj:
+        raise DataError(f"{where}: missing field '{name}'")
+    value = obj[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        want = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise DataError(f"{where}: field '{name}' must be {want}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Emotion:
+    index: int
+    emotion: str
+    cluster: str
+    cluster_index: int
+    exemplar: bool
+
+
+@dataclass(frozen=True)
+class Topic:
+    topic_id: int
+    category: str
+    topic: str
+
+
+@dataclass(frozen=True)
+class Story:
+    id: str
+    emotion: str
+    topic_id: int
+    person: str
+    text: str
+    author: str
+
+    @property
+    def slot(self) -> int:
+        """The story's index j within its emotion (0..11), read from its id."""
+        return int(self.id.rsplit("-", 1)[1])
+
+
+def load_emotions(data_dir: Path | None = None) -> list[Emotion]:
+    path = Path(data_dir or DATA_DIR) / "emotions.jsonl"
+    out = []
+    for n, o in read_jsonl(path):
+        w = f"{path}:{n}"
+        out.append(Emotion(field(o, "index", int, w), field(o, "emotion", str, w), field(o, "cluster", str, w),
+                           field(o, "cluster_index", int, w), field(o, "exemplar", bool, w)))
+    if [e.index for e in out] != list(range(len(out))):
+        raise DataError(f"{path}: 'index' must run 0, 1, 2, ... in file order")
+    return out
+
+
+def load_topics(data_dir: Path | None = None) -> list[Topic]:
+    path = Path(data_dir or DATA_DIR) / "topics.jsonl"
+    out = []
+    for n, o in read_jsonl(path):
+        w = f"{path}:{n}"
+        out.append(Topic(field(o, "topic_id", int, w), field(o, "category", str, w), field(o, "topic", str, w)))
+    if [t.topic_id for t in out] != list(range(len(out))):
+        raise DataError(f"{path}: 'topic_id' must run 0, 1, 2, ... in file order")
+    return out
+
+
+def slug(emotion: str) -> str:
+    """File-name form of an emotion word: 'at ease' -> 'at_ease'."""
+    return emotion.replace(" ", "_")
+
+
+def planned_slot(emotion_index: int, j: int) -> tuple[int, str]:
+    """The (topic_id, person) the corpus plan assigns to story j of emotion number emotion_index."""
+    return (emotion_index + TOPIC_STRIDE * j) % N_TOPICS, ("first" if j % 2 == 0 else "third")
+
+
+def parse_story(o: dict[str, Any], where: str) -> Story:
+    s = Story(field(o, "id", str, where), field(o, "emotion", str, where), field(o, "topic_id", int, where),
+              field(o, "person", str, where), field(o, "text", str, where), field(o, "author", str, where))
+    if s.person not in ("first", "third"):
+        raise DataError(f"{where}: field 'person' must be 'first' or 'third', got {s.person!r}")
+    if not s.id.startswith(slug(s.emotion) + "-") or not s.id.rsplit("-", 1)[1].isdigit():
+        raise DataError(f"{where}: field 'id' must look like '{slug(s.emotion)}-NN', got {s.id!r}")
+    return s
+
+
+def load_stories(data_dir: Path | None = None, emotions: list[str] | None = None) -> list[Story]:
+    """All stories in ``data/stories/`` (or only those of ``emotions``), in emotion-list order."""
+    root = Path(data_dir or DATA_DIR)
+    known = [e.emotion for e in load_emotions(root)]
+    wanted = known if emotions is None else emotions
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        raise DataError(f"unknown emotion(s) {unknown}; allowed: the {len(known)} words in {root / 'emotions.jsonl'}")
+    out: list[Story] = []
+    for emo in wanted:
+        path = root / "stories" / f"{slug(emo)}.jsonl"
+        if not path.exists():
+            continue
+        for n, o in read_jsonl(path):
+            s = parse_story(o, f"{path}:{n}")
+            if s.emotion != emo:
+                raise DataError(f"{path}:{n}: field 'emotion' is {s.emotion!r} in the file for {emo!r}")
+            out.append(s)
+    return out

@@ -1,0 +1,86 @@
+"""Interventions as context managers on TransformerLens hooks; every hook is removed on exit, even on error.
+
+Steering strength ``alpha`` is a fraction of the typical residual-stream norm at the steered layer, as in the
+paper (e.g. 0.05 adds a vector 5% as long as a typical token's residual).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+from emolens.extract import forward_layers, hook_name, pool_positions, special_ids
+from emolens.models.spec import ModelSpec
+
+
+def residual_norm(bridge: Any, spec: ModelSpec, texts: Sequence[str], layer: int, site: str = "resid_post") -> float:
+    """Median residual norm at ``layer`` over ordinary tokens (first position and special tokens excluded)."""
+    import torch
+
+    layer = spec.check_layer(layer)
+    specials = special_ids(spec)
+    norms: list[Any] = []
+    for t in texts:
+        ids = spec.encode(t)
+        pos = pool_positions(ids, specials)
+        if not pos:
+            continue
+
+        def on_layer(_: int, resid: Any, offsets: list[int], pos: list[int] = pos) -> None:
+            norms.append(resid[0, pos].float().norm(dim=-1).cpu())
+
+        forward_layers(bridge, spec, [ids], [layer], site, on_layer)
+    if not norms:
+        raise ValueError("no ordinary tokens in the texts given; cannot measure a residual norm")
+    return float(torch.cat(norms).median())
+
+
+@contextmanager
+def steering(bridge: Any, spec: ModelSpec, direction: Any, layers: int | Sequence[int], alpha: float,
+             norm: float, site: str = "resid_post", from_position: int = 0) -> Iterator[None]:
+    """Add ``alpha * norm * direction/|direction|`` to the residual at ``layers`` for positions >= ``from_position``.
+
+    ``alpha = 0`` leaves the model exactly unchanged. With a KV cache during generation each step sees only
+    the new token, which is then steered too.
+    """
+    import torch
+
+    layers = [layers] if isinstance(layers, int) else list(layers)
+    for layer in layers:
+        spec.check_layer(layer)
+    direction = torch.as_tensor(direction, dtype=torch.float32)
+    if direction.shape != (spec.d_model,):
+        raise ValueError(f"steering direction has shape {tuple(direction.shape)}, expected ({spec.d_model},)")
+    unit = direction / direction.norm().clamp(min=1e-12)
+    delta = alpha * norm * unit
+
+    def add(resid: Any, hook: Any) -> Any:
+        if alpha == 0:
+            return resid
+        d = delta.to(resid.device, resid.dtype)
+        if from_position <= 0:
+            return resid + d
+        out = resid.clone()
+        out[:, from_position:] += d
+        return out
+
+    with bridge.hooks(fwd_hooks=[(hook_name(layer, site), add) for layer in layers]):
+        yield
+
+
+@contextmanager
+def ablation(bridge: Any, spec: ModelSpec, direction: Any, layers: int | Sequence[int],
+             site: str = "resid_post") -> Iterator[None]:
+    """Project ``direction`` out of the residual at ``layers`` (directional ablation)."""
+    import torch
+
+    layers = [layers] if isinstance(layers, int) else list(layers)
+    unit = torch.as_tensor(direction, dtype=torch.float32)
+    unit = unit / unit.norm().clamp(min=1e-12)
+
+    def remove(resid: Any, hook: Any) -> Any:
+        u = unit.to(resid.device, resid.dtype)
+        return resid - (resid @ u)[..., None] * u
+
+    with bridge.hooks(fwd_hooks=[(hook_name(spec.check_layer(layer), site), remove) for layer in layers]):
+        yield

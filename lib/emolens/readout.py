@@ -1,0 +1,74 @@
+"""Readouts: project texts, per token or pooled, onto emotion vectors (cosine or raw dot product)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from emolens.extract import Pooling, forward_layers, pooled_means, special_ids, token_residuals
+from emolens.models.spec import ModelSpec
+
+MEASURES = ("cosine", "dot")
+
+
+def project(x: Any, vectors: Any, measure: str = "cosine") -> Any:
+    """``x [..., d]`` against ``vectors [E, d]`` -> ``[..., E]``; dot uses unit vectors, so it is in residual units."""
+    import torch
+
+    if measure not in MEASURES:
+        raise ValueError(f"measure {measure!r} not allowed: choose one of {MEASURES}")
+    v = vectors / vectors.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    out = x.float() @ v.T.float()
+    if measure == "cosine":
+        out = out / x.float().norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    return out if isinstance(out, torch.Tensor) else torch.as_tensor(out)
+
+
+def token_readout(bridge: Any, spec: ModelSpec, text: str, vectors: Any, layer: int,
+                  measure: str = "cosine") -> tuple[list[str], Any]:
+    """Per-token readout ``[T, E]`` of ``text`` at ``layer`` and the token strings."""
+    ids, res = token_residuals(bridge, spec, text, [layer])
+    toks = [spec.tokenizer.decode([i]) for i in ids]
+    return toks, project(res[:, 0], vectors, measure)
+
+
+def pooled_readout(bridge: Any, spec: ModelSpec, texts: Sequence[str], vectors: Any, layer: int,
+                   start: int = 0, measure: str = "cosine", batch_size: int = 8) -> Any:
+    """Readout ``[n, E]`` of each text's mean residual over its own tokens from ``start`` on."""
+    means, _ = pooled_means(bridge, spec, texts, [layer], Pooling(start=start), batch_size=batch_size,
+                            progress=False)
+    return project(means[:, 0], vectors, measure)
+
+
+def position_activations(bridge: Any, spec: ModelSpec, sequences: Sequence[Sequence[int]],
+                         positions: Sequence[int], layers: Sequence[int], batch_size: int = 8) -> Any:
+    """Residuals ``[n, L, d]`` of each token sequence at one position each (e.g. its Assistant colon)."""
+    import torch
+
+    from emolens.extract import length_batches
+
+    out = torch.zeros((len(sequences), len(layers), spec.d_model))
+    li = {layer: j for j, layer in enumerate(layers)}
+    for batch in length_batches([len(s) for s in sequences], batch_size):
+        def on_layer(layer: int, resid: Any, offsets: list[int], batch: list[int] = batch) -> None:
+            for r, i in enumerate(batch):
+                out[i, li[layer]] = resid[r, offsets[r] + positions[i]].float().cpu()
+
+        forward_layers(bridge, spec, [sequences[i] for i in batch], sorted(layers), "resid_post", on_layer)
+    return out
+
+
+def colon_readout(bridge: Any, spec: ModelSpec, user_messages: Sequence[str], vectors: Any, layer: int,
+                  measure: str = "cosine", system: str | None = None) -> Any:
+    """Readout ``[n, E]`` at the Assistant colon of each one-message exchange (paper Figures 2 and 3)."""
+    seqs, pos = [], []
+    for m in user_messages:
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": m}]
+        ids, p = spec.assistant_colon_position(msgs)
+        seqs.append(ids)
+        pos.append(p)
+    acts = position_activations(bridge, spec, seqs, pos, [layer])
+    return project(acts[:, 0], vectors, measure)
+
+
+__all__ = ["MEASURES", "colon_readout", "pooled_readout", "position_activations", "project", "special_ids",
+           "token_readout"]

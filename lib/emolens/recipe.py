@@ -1,0 +1,92 @@
+"""The paper's extraction recipe end to end, cached by content hash and resumable after an interruption."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from emolens.cache import cached, content_hash
+from emolens.extract import Pooling, checkpointed, neutral_statistics, pooled_means, resolve_layers
+from emolens.models.spec import ModelSpec
+from emolens.paths import cache_dir
+from emolens.provenance import provenance
+from emolens.vectors import EmotionVectors, build_emotion_vectors
+
+EXTRACT_VERSION = 1  # bump when a change alters extracted numbers, so old caches are not reused
+
+
+def _model_key(spec: ModelSpec) -> dict[str, Any]:
+    return {"model": spec.name, "weights": spec.weight_sha256 or spec.weight_source, "dtype": spec.dtype,
+            "version": EXTRACT_VERSION}
+
+
+def story_activations(bridge: Any, spec: ModelSpec, texts: Sequence[str], layers: Any = None,
+                      pooling: Pooling = Pooling(), site: str = "resid_post", batch_size: int = 8,
+                      chunk_size: int = 128, progress: bool = True, folder: Path | None = None,
+                      refresh: bool = False) -> tuple[Any, Any]:
+    """Per-story pooled means ``[n, L, d]`` and token counts, cached; long runs checkpoint every chunk."""
+    import torch
+
+    layers = resolve_layers(spec, layers)
+    key = dict(_model_key(spec), layers=layers, pooling=pooling.as_dict(), site=site,
+               texts=content_hash(list(texts)))
+    root = Path(folder or cache_dir() / "activations")
+
+    def compute() -> tuple[dict[str, Any], dict[str, Any]]:
+        n_chunks = max(1, -(-len(texts) // chunk_size))
+
+        def one(c: int) -> dict[str, Any]:
+            part = texts[c * chunk_size:(c + 1) * chunk_size]
+            m, k = pooled_means(bridge, spec, part, layers, pooling, site, batch_size, progress=progress)
+            return {"means": m, "counts": k}
+
+        parts = checkpointed(n_chunks, root / "checkpoints", key, one, progress)
+        means = torch.cat([p["means"] for p in parts])
+        counts = torch.cat([p["counts"] for p in parts])
+        return {"means": means, "counts": counts}, {"n_texts": len(texts)}
+
+    t, _ = cached("activations", key, compute, folder=root, refresh=refresh)
+    tag = content_hash(key)
+    for stale in (root / "checkpoints").glob(f"{tag}-chunk*"):
+        stale.unlink()  # the assembled result is stored; its chunks are no longer needed
+    return t["means"], t["counts"]
+
+
+def neutral_covariance(bridge: Any, spec: ModelSpec, texts: Sequence[str], layers: Any = None,
+                       site: str = "resid_post", batch_size: int = 8, progress: bool = True,
+                       folder: Path | None = None) -> dict[str, Any]:
+    layers = resolve_layers(spec, layers)
+    key = dict(_model_key(spec), layers=layers, site=site, neutral=content_hash(list(texts)))
+
+    def compute() -> tuple[dict[str, Any], dict[str, Any]]:
+        st = neutral_statistics(bridge, spec, texts, layers, site, batch_size, progress=progress)
+        return {"mean": st["mean"], "cov": st["cov"]}, {"n_tokens": st["n_tokens"]}
+
+    t, meta = cached("neutral", key, compute, folder=folder)
+    return {"mean": t["mean"], "cov": t["cov"], "n_tokens": meta["n_tokens"], "layers": layers}
+
+
+def extract_emotion_vectors(bridge: Any, spec: ModelSpec, texts: Sequence[str], labels: Sequence[str],
+                            neutral_texts: Sequence[str] | None, emotions: Sequence[str] | None = None,
+                            layers: Any = None, pooling: Pooling = Pooling(), site: str = "resid_post",
+                            variance_fraction: float | None = 0.5, n_components: int | None = None,
+                            batch_size: int = 8, progress: bool = True, corpus_id: str | None = None,
+                            folder: Path | None = None) -> EmotionVectors:
+    """Stories (``texts`` with emotion ``labels``) and neutral texts in, EmotionVectors out (all layers by default)."""
+    if len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    emotions = list(emotions) if emotions is not None else list(dict.fromkeys(labels))
+    missing = [e for e in emotions if e not in set(labels)]
+    if missing:
+        raise ValueError(f"emotion(s) with no stories: {missing}")
+    layers = resolve_layers(spec, layers)
+    means, counts = story_activations(bridge, spec, texts, layers, pooling, site, batch_size, progress=progress,
+                                      folder=folder)
+    cov = None
+    if neutral_texts:
+        cov = neutral_covariance(bridge, spec, neutral_texts, layers, site, batch_size, progress, folder)["cov"]
+    settings = {"pooling": pooling.as_dict(), "site": site,
+                "corpus": corpus_id or content_hash([list(texts), list(labels)]),
+                "neutral": content_hash(list(neutral_texts or [])), "n_neutral": len(neutral_texts or [])}
+    return build_emotion_vectors(means, counts, list(labels), emotions, layers, cov, variance_fraction,
+                                 n_components, pooling.weighting, settings, provenance(spec))

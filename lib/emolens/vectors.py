@@ -1,0 +1,158 @@
+"""EmotionVectors: per-emotion means, grand-mean centring and neutral-PC projection, stored with provenance.
+
+The recipe (paper section 3.1): the mean residual over each story's tokens from the 50th on, averaged per
+emotion; minus the mean over emotions; then the top principal components of neutral-dialogue activations
+that together explain ``variance_fraction`` of their variance are projected out, layer by layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from emolens.cache import load_tensors, save_tensors
+
+FORMAT_VERSION = 1
+
+
+def emotion_means(story_means: Any, counts: Any, labels: Sequence[str], emotions: Sequence[str],
+                  weighting: str = "story") -> tuple[Any, dict[str, int]]:
+    """Per-emotion means ``[E, L, d]`` of per-story means; stories with count 0 are skipped (and counted)."""
+    import torch
+
+    E = len(emotions)
+    out = torch.zeros((E,) + tuple(story_means.shape[1:]), dtype=torch.float32)
+    skipped: dict[str, int] = {}
+    for e, emo in enumerate(emotions):
+        idx = [i for i, lab in enumerate(labels) if lab == emo and int(counts[i]) > 0]
+        bad = sum(1 for i, lab in enumerate(labels) if lab == emo and int(counts[i]) == 0)
+        if bad:
+            skipped[emo] = bad
+        if not idx:
+            raise ValueError(f"emotion {emo!r} has no story with tokens in the pooling window")
+        x = story_means[idx]
+        if weighting == "token":
+            w = counts[idx].float().view(-1, *([1] * (x.dim() - 1)))
+            out[e] = (x * w).sum(0) / w.sum()
+        else:
+            out[e] = x.mean(0)
+    return out, skipped
+
+
+def neutral_components(cov: Any, variance_fraction: float | None = 0.5, n_components: int | None = None) -> Any:
+    """Top eigenvectors ``[k, d]`` of one layer's covariance: the fewest that reach ``variance_fraction``
+    of the total variance, or exactly ``n_components`` when that is given (it takes precedence)."""
+    import torch
+
+    if variance_fraction is None and n_components is None:
+        raise ValueError("give variance_fraction or n_components")
+    evals, evecs = torch.linalg.eigh(cov.double())
+    evals, evecs = evals.flip(0).clamp(min=0), evecs.flip(1)
+    if n_components is None:
+        if not 0 < variance_fraction <= 1:
+            raise ValueError(f"variance_fraction must be in (0, 1], got {variance_fraction}")
+        frac = evals.cumsum(0) / evals.sum()
+        k = int((frac < variance_fraction - 1e-12).sum()) + 1
+    else:
+        k = int(n_components)
+    return evecs[:, :k].T.float()
+
+
+def project_out(x: Any, components: Any) -> Any:
+    """Remove the span of orthonormal ``components [k, d]`` from the last axis of ``x``."""
+    if components.shape[0] == 0:
+        return x.clone()
+    return x - (x @ components.T) @ components
+
+
+@dataclass
+class EmotionVectors:
+    """Emotion vectors of one model at several layers; everything that made them is in ``settings``."""
+
+    emotions: list[str]
+    layers: list[int]
+    raw: Any  # [E, L, d] per-emotion means
+    vectors: Any  # [E, L, d] centred and denoised
+    neutral_pcs: list[Any]  # per layer, [k_l, d]
+    settings: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        E, L = len(self.emotions), len(self.layers)
+        if tuple(self.vectors.shape[:2]) != (E, L) or self.raw.shape != self.vectors.shape:
+            raise ValueError(f"vector shapes {tuple(self.vectors.shape)} do not match {E} emotions x {L} layers")
+
+    # ---- access -------------------------------------------------------------------------------------
+    def layer_index(self, layer: int) -> int:
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer} not in these vectors; available: {self.layers}")
+        return self.layers.index(layer)
+
+    def emotion_index(self, emotion: str) -> int:
+        if emotion not in self.emotions:
+            raise KeyError(f"emotion {emotion!r} not in these vectors ({len(self.emotions)} emotions)")
+        return self.emotions.index(emotion)
+
+    def at(self, layer: int, unit: bool = False, denoised: bool = True) -> Any:
+        """``[E, d]`` vectors at ``layer``; ``denoised=False`` gives centred raw means (no neutral projection)."""
+        j = self.layer_index(layer)
+        x = self.vectors[:, j] if denoised else self.centred_raw()[:, j]
+        return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12) if unit else x
+
+    def vector(self, emotion: str, layer: int, unit: bool = True) -> Any:
+        return self.at(layer, unit=unit)[self.emotion_index(emotion)]
+
+    def centred_raw(self) -> Any:
+        return self.raw - self.raw.mean(0, keepdim=True)
+
+    def subset(self, emotions: Sequence[str]) -> "EmotionVectors":
+        idx = [self.emotion_index(e) for e in emotions]
+        return EmotionVectors(list(emotions), list(self.layers), self.raw[idx], self.vectors[idx],
+                              self.neutral_pcs, dict(self.settings), dict(self.provenance))
+
+    # ---- storage ------------------------------------------------------------------------------------
+    def save(self, path: Path) -> Path:
+        """Safetensors plus a JSON sidecar (names, layers, settings, provenance); never a pickle."""
+        path = Path(path).with_suffix(".safetensors")
+        tensors = {"raw": self.raw, "vectors": self.vectors}
+        tensors.update({f"neutral_pcs.{layer}": pc for layer, pc in zip(self.layers, self.neutral_pcs)})
+        save_tensors(path, tensors, {"format": FORMAT_VERSION, "emotions": self.emotions, "layers": self.layers,
+                                     "settings": self.settings, "provenance": self.provenance})
+        return path
+
+    @classmethod
+    def load(cls, path: Path, expect_model: str | None = None) -> "EmotionVectors":
+        t, meta = load_tensors(Path(path).with_suffix(".safetensors"))
+        model = meta.get("provenance", {}).get("model")
+        if expect_model is not None and model != expect_model:
+            raise ValueError(f"{path} holds vectors of model {model!r}, not {expect_model!r}")
+        layers = meta["layers"]
+        return cls(meta["emotions"], layers, t["raw"], t["vectors"], [t[f"neutral_pcs.{layer}"] for layer in layers],
+                   meta["settings"], meta["provenance"])
+
+
+def build_emotion_vectors(story_means: Any, counts: Any, labels: Sequence[str], emotions: Sequence[str],
+                          layers: Sequence[int], neutral_cov: Any | None, variance_fraction: float | None = 0.5,
+                          n_components: int | None = None, weighting: str = "story",
+                          settings: dict[str, Any] | None = None,
+                          provenance: dict[str, Any] | None = None) -> EmotionVectors:
+    """Assemble EmotionVectors from per-story pooled means and the neutral covariance ``[L, d, d]``.
+
+    ``neutral_cov=None`` (or ``n_components=0``) skips the projection: the vectors are the centred means.
+    """
+    import torch
+
+    raw, skipped = emotion_means(story_means, counts, labels, emotions, weighting)
+    centred = raw - raw.mean(0, keepdim=True)
+    pcs, vecs = [], torch.empty_like(centred)
+    for j in range(len(layers)):
+        if neutral_cov is None or n_components == 0:
+            pc = torch.zeros((0, raw.shape[-1]))
+        else:
+            pc = neutral_components(neutral_cov[j], variance_fraction, n_components)
+        pcs.append(pc)
+        vecs[:, j] = project_out(centred[:, j], pc)
+    st = dict(settings or {}, variance_fraction=variance_fraction, n_components=n_components, weighting=weighting,
+              skipped_stories=skipped, n_stories=int((counts > 0).sum()))
+    return EmotionVectors(list(emotions), list(layers), raw, vecs, pcs, st, dict(provenance or {}))

@@ -1,0 +1,111 @@
+"""Data loaders, the leak matcher, the corpus checker, and the shipped corpus itself."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from emolens.data import DataError, load_emotions, load_stories, load_topics, planned_slot
+from emolens.data.check import check_corpus, near_duplicates
+from emolens.data.leaks import BannedWords
+
+
+def test_emotion_list_is_the_papers():
+    emos = load_emotions()
+    assert len(emos) == 171 and len({e.emotion for e in emos}) == 171
+    assert {e.emotion for e in emos if e.exemplar} == {"happy", "inspired", "loving", "proud", "calm", "desperate",
+                                                        "angry", "guilty", "sad", "afraid", "nervous", "surprised"}
+    sizes = {}
+    for e in emos:
+        sizes[e.cluster] = sizes.get(e.cluster, 0) + 1
+    assert sorted(sizes.values()) == [2, 3, 9, 9, 15, 15, 20, 25, 32, 41]
+
+
+def test_topics_and_plan_balance():
+    assert len(load_topics()) == 100
+    slots = [planned_slot(i, j) for i in range(171) for j in range(12)]
+    per_topic = [sum(t == k for t, _ in slots) for k in range(100)]
+    assert min(per_topic) >= 20 and max(per_topic) <= 21
+    for i in range(171):  # each emotion: 12 distinct topics, half first person
+        mine = [planned_slot(i, j) for j in range(12)]
+        assert len({t for t, _ in mine}) == 12 and sum(p == "first" for _, p in mine) == 6
+
+
+def test_leak_matcher():
+    bw = BannedWords({"mad": ("mad", "madly"), "calm": ("calm*",), "at ease": ("at ease", "grief-stricken")})
+    assert bw.leaks("mad", "She made a cake.") == []
+    assert bw.leaks("mad", "He was MAD, madly so.") == ["MAD", "madly"]
+    assert bw.leaks("calm", "Calmly, she calmed down.") == ["Calmly", "calmed"]
+    assert bw.leaks("at ease", "He felt at  ease; grief stricken") == ["at  ease", "grief stricken"]
+    with pytest.raises(DataError, match="no banned-word list"):
+        bw.leaks("happy", "text")
+
+
+def _write(p, rows):
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_bad_files_name_file_line_and_field(tmp_path):
+    import shutil
+
+    from emolens.data.records import DATA_DIR
+
+    for f in ("emotions.jsonl", "topics.jsonl"):
+        shutil.copy(DATA_DIR / f, tmp_path / f)
+    (tmp_path / "stories").mkdir()
+    good = {"id": "afraid-00", "emotion": "afraid", "topic_id": 0, "person": "first", "text": "x", "author": "t"}
+    _write(tmp_path / "stories" / "afraid.jsonl", [good, dict(good, id="afraid-01", topic_id="eight")])
+    with pytest.raises(DataError, match=r"afraid.jsonl:2: field 'topic_id' must be int"):
+        load_stories(tmp_path, ["afraid"])
+    _write(tmp_path / "stories" / "afraid.jsonl", [dict(good, person="second")])
+    with pytest.raises(DataError, match=r"afraid.jsonl:1: field 'person' must be 'first' or 'third'"):
+        load_stories(tmp_path, ["afraid"])
+    (tmp_path / "stories" / "afraid.jsonl").write_text('{"id": \n')
+    with pytest.raises(DataError, match=r"afraid.jsonl:1: not valid JSON"):
+        load_stories(tmp_path, ["afraid"])
+    with pytest.raises(DataError, match="unknown emotion"):
+        load_stories(tmp_path, ["hungry"])
+
+
+def test_checker_catches_leaks_lengths_plan_and_duplicates(tmp_path):
+    import shutil
+
+    from emolens.data.records import DATA_DIR
+
+    for f in ("emotions.jsonl", "topics.jsonl"):
+        shutil.copy(DATA_DIR / f, tmp_path / f)
+    (tmp_path / "stories").mkdir()
+    _write(tmp_path / "banned_words.jsonl", [{"emotion": "afraid", "banned": ["afraid", "fear*"]}])
+    words = " ".join(f"word{i}" for i in range(100))
+    rows = []
+    for j in range(12):
+        t, p = planned_slot(0, j)
+        rows.append({"id": f"afraid-{j:02d}", "emotion": "afraid", "topic_id": t, "person": p,
+                     "text": f"story {j} " + " ".join(f"w{j}x{i}" for i in range(100)), "author": "t"})
+    rows[1]["text"] = "She was fearful. " + words
+    rows[2]["text"] = "Too short."
+    rows[3]["topic_id"] = (rows[3]["topic_id"] + 1) % 100
+    rows[4]["text"] = rows[1]["text"] + " and one more"
+    _write(tmp_path / "stories" / "afraid.jsonl", rows)
+    rep = check_corpus(tmp_path, ["afraid"])
+    text = "\n".join(rep.errors)
+    assert "afraid-01: leaks banned word(s) ['fearful']" in text
+    assert "afraid-02: 2 words" in text
+    assert "afraid-03: (topic_id, person)" in text
+    assert "near-duplicate stories afraid-01 and afraid-04" in text
+    assert not rep.ok
+
+
+def test_near_duplicates_ignore_independent_texts():
+    a = "the cat sat on the mat and looked at the dog across the room for a while"
+    b = "a storm rolled over the hills while the farmer counted sheep in the barn at dusk"
+    assert near_duplicates({"a": a, "b": b}) == []
+    assert near_duplicates({"a": a, "c": a + " then slept"})[0][:2] == ("a", "c")
+
+
+@pytest.mark.skipif(not load_stories(), reason="corpus not present")
+def test_shipped_corpus_passes_every_check():
+    rep = check_corpus()
+    assert rep.ok, "\n".join(rep.errors[:30])
+    assert rep.counts["stories"] == 171 * 12

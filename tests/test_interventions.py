@@ -1,0 +1,81 @@
+"""Steering and ablation: identities, effects, and no hook left behind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emolens.interventions import ablation, residual_norm, steering
+
+
+def logits(bridge, spec, text="The fox sleeps by the warm stove."):
+    return bridge(torch.tensor([spec.encode(text)]))
+
+
+def test_alpha_zero_is_identity(tiny_any):
+    bridge, spec = tiny_any
+    base = logits(bridge, spec)
+    with steering(bridge, spec, torch.randn(spec.d_model), [0, 1], 0.0, norm=10.0):
+        same = logits(bridge, spec)
+    assert torch.equal(base, same)
+
+
+def test_steering_changes_output_and_cleans_up(tiny_llama):
+    bridge, spec = tiny_llama
+    base = logits(bridge, spec)
+    with steering(bridge, spec, torch.randn(spec.d_model), 1, 2.0, norm=10.0):
+        moved = logits(bridge, spec)
+    assert not torch.allclose(base, moved)
+    assert torch.equal(logits(bridge, spec), base)  # hooks removed on exit
+
+
+def test_hooks_removed_after_exception(tiny_llama):
+    bridge, spec = tiny_llama
+    base = logits(bridge, spec)
+    with pytest.raises(RuntimeError):
+        with steering(bridge, spec, torch.randn(spec.d_model), 1, 5.0, norm=10.0):
+            raise RuntimeError("boom")
+    assert torch.equal(logits(bridge, spec), base)
+
+
+def test_steering_adds_exactly_alpha_norm_unit(tiny_llama):
+    bridge, spec = tiny_llama
+    captured = {}
+
+    def grab(resid, hook):
+        captured.setdefault(len(captured), resid.clone())
+        return resid
+
+    d = torch.randn(spec.d_model)
+    ids = torch.tensor([spec.encode("Hello fox.")])
+    with steering(bridge, spec, d, 1, 0.3, norm=7.0):
+        bridge.run_with_hooks(ids, fwd_hooks=[("blocks.1.hook_resid_post", grab)])
+    bridge.run_with_hooks(ids, fwd_hooks=[("blocks.1.hook_resid_post", grab)])
+    diff = captured[0] - captured[1]
+    assert torch.allclose(diff, (0.3 * 7.0 * d / d.norm()).expand_as(diff), atol=1e-5)
+
+
+def test_ablation_removes_component(tiny_llama):
+    bridge, spec = tiny_llama
+    d = torch.randn(spec.d_model)
+    seen = {}
+
+    def grab(resid, hook):
+        seen["r"] = resid.clone()
+        return resid
+
+    with ablation(bridge, spec, d, 1):
+        bridge.run_with_hooks(torch.tensor([spec.encode("Hello fox.")]), fwd_hooks=[("blocks.1.hook_resid_post", grab)])
+    assert (seen["r"] @ (d / d.norm())).abs().max() < 1e-4
+
+
+def test_bad_direction_shape(tiny_llama):
+    bridge, spec = tiny_llama
+    with pytest.raises(ValueError, match="expected"):
+        with steering(bridge, spec, torch.randn(3), 1, 0.1, norm=1.0):
+            pass
+
+
+def test_residual_norm_positive(tiny_llama):
+    bridge, spec = tiny_llama
+    assert residual_norm(bridge, spec, ["The fox sleeps by the stove."], 1) > 0

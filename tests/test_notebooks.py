@@ -1,0 +1,45 @@
+"""Notebook hygiene, and every notebook executed end to end in fast mode (on the embedded model)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks found"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_hygiene(path):
+    assert re.fullmatch(r"\d{2}_[a-z0-9]+(_[a-z0-9]+)*\.ipynb", path.name), path.name
+    cells = json.loads(path.read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "outputs committed"
+    params = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1, "exactly one cell tagged 'parameters'"
+    assert "EMOLENS_FAST" in "".join(params[0]["source"]), "the parameters cell must read the fast-mode variable"
+    first = cells[0]
+    assert first["cell_type"] == "markdown" and "".join(first["source"]).startswith("# "), "title cell first"
+    title = "".join(first["source"])
+    for needed in ("What it shows", "What it needs", "What it produces", "How long"):
+        assert needed in title, f"title cell lacks '{needed}'"
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_executes_in_fast_mode(path, tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "tools"))
+    from run_notebooks import execute
+
+    monkeypatch.setenv("EMOLENS_FAST", "1")
+    monkeypatch.setenv("EMOLENS_FIGURES", str(tmp_path / "figures"))  # never overwrite the real figures
+    execute(path, tmp_path / "reports", timeout=1800)
+    assert list((tmp_path / "figures").glob(f"{path.name[:2]}_*")), "the notebook wrote no figure or results"

@@ -1,0 +1,70 @@
+"""Execute the notebooks in order, headless: executed copies and HTML renderings go to reports/.
+
+python tools/run_notebooks.py [--notebooks all|00,03] [--timeout 7200]
+Fast mode is the environment variable EMOLENS_FAST=1, read by every notebook's parameters cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def select(spec: str) -> list[Path]:
+    books = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if spec == "all":
+        return books
+    wanted = {s.strip().zfill(2) for s in spec.split(",") if s.strip()}
+    chosen = [b for b in books if b.name[:2] in wanted]
+    missing = wanted - {b.name[:2] for b in chosen}
+    if missing:
+        raise SystemExit(f"no notebook numbered {sorted(missing)}; have {[b.name for b in books]}")
+    return chosen
+
+
+def execute(path: Path, out_dir: Path, timeout: int) -> float:
+    import nbformat
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(path, as_version=4)
+    t = time.perf_counter()
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    try:
+        client.execute()
+    finally:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, out_dir / path.name)
+        html, _ = HTMLExporter().from_notebook_node(nb)
+        (out_dir / path.with_suffix(".html").name).write_text(html)
+    return time.perf_counter() - t
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--notebooks", default="all")
+    p.add_argument("--timeout", type=int, default=7200, help="seconds per cell")
+    p.add_argument("--out", type=Path, default=ROOT / "reports")
+    a = p.parse_args()
+    mode = "fast" if os.environ.get("EMOLENS_FAST") == "1" else "full"
+    books = select(a.notebooks)
+    total = time.perf_counter()
+    for i, b in enumerate(books, 1):
+        print(f"[{i}/{len(books)}] {b.name} ({mode}) ...", flush=True)
+        try:
+            dt = execute(b, a.out, a.timeout)
+        except Exception as e:  # report which notebook failed, keep the partial executed copy
+            print(f"[{i}/{len(books)}] {b.name} FAILED: {type(e).__name__}: {str(e)[-2000:]}", flush=True)
+            return 1
+        print(f"[{i}/{len(books)}] {b.name} done in {dt:.0f} s", flush=True)
+    print(f"all {len(books)} notebooks done in {time.perf_counter() - total:.0f} s; reports in {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
