@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -90,3 +91,63 @@ def extract_emotion_vectors(bridge: Any, spec: ModelSpec, texts: Sequence[str], 
                 "neutral": content_hash(list(neutral_texts or [])), "n_neutral": len(neutral_texts or [])}
     return build_emotion_vectors(means, counts, list(labels), emotions, layers, cov, variance_fraction,
                                  n_components, pooling.weighting, settings, provenance(spec))
+
+
+@dataclass
+class CorpusActivations:
+    """The shipped corpus run through one model: per-story pooled means and the neutral covariance."""
+
+    stories: list[Any]
+    means: Any  # [n_stories, L, d]
+    counts: Any  # [n_stories]
+    layers: list[int]
+    neutral_cov: Any  # [L, d, d]
+    neutral_mean: Any  # [L, d]
+    n_neutral: int
+    n_neutral_tokens: int
+    pooling: Pooling
+    emotions: list[str]
+
+    @property
+    def labels(self) -> list[str]:
+        return [s.emotion for s in self.stories]
+
+    @property
+    def topic_ids(self) -> list[int]:
+        return [s.topic_id for s in self.stories]
+
+    def vectors(self, variance_fraction: float | None = 0.5, n_components: int | None = None,
+                spec: ModelSpec | None = None) -> EmotionVectors:
+        return build_emotion_vectors(self.means, self.counts, self.labels, self.emotions, self.layers,
+                                     self.neutral_cov, variance_fraction, n_components, self.pooling.weighting,
+                                     {"pooling": self.pooling.as_dict(), "n_neutral": self.n_neutral},
+                                     provenance(spec) if spec else None)
+
+
+def neutral_texts(spec: ModelSpec, limit: int | None = None) -> list[str]:
+    """The neutral dialogues formatted as the model reads a conversation (its chat template, or Human/Assistant)."""
+    from emolens.data.sets import load_neutral_dialogues
+
+    return [spec.format_chat(d.messages()) for d in load_neutral_dialogues()[:limit]]
+
+
+def corpus_activations(bridge: Any, spec: ModelSpec, emotions: Sequence[str] | None = None,
+                       stories_per_emotion: int | None = None, neutral_limit: int | None = None,
+                       layers: Any = None, pooling: Pooling = Pooling(), site: str = "resid_post",
+                       batch_size: int = 8, progress: bool = True) -> CorpusActivations:
+    """Run the shipped stories (all, or a subset) and neutral dialogues through the model, with caching."""
+    from emolens.data import load_stories
+
+    stories = load_stories(emotions=list(emotions) if emotions is not None else None)
+    if stories_per_emotion is not None:
+        stories = [s for s in stories if s.slot < stories_per_emotion]
+    if not stories:
+        raise ValueError("no stories found in data/stories for the emotions asked for")
+    emos = list(dict.fromkeys(s.emotion for s in stories))
+    layers = resolve_layers(spec, layers)
+    texts = [s.text for s in stories]
+    means, counts = story_activations(bridge, spec, texts, layers, pooling, site, batch_size, progress=progress)
+    neutral = neutral_texts(spec, neutral_limit)
+    nc = neutral_covariance(bridge, spec, neutral, layers, site, batch_size, progress)
+    return CorpusActivations(stories, means, counts, layers, nc["cov"], nc["mean"], len(neutral), nc["n_tokens"],
+                             pooling, emos)

@@ -133,4 +133,44 @@ def check_corpus(data_dir: Path | None = None, emotions: list[str] | None = None
         rep.counts["topic_max"] = max(per_topic.values())
         if emotions is None and rep.counts["topic_max"] - rep.counts["topic_min"] > 2:
             rep.errors.append(f"topic balance: {rep.counts['topic_min']}-{rep.counts['topic_max']} stories per topic")
+    if emotions is None:
+        check_sets(root, rep)
     return rep
+
+
+# Words that would make a "neutral" dialogue emotional or chatty; the neutral set must contain none.
+NEUTRAL_FORBIDDEN = re.compile(
+    r"!|\b(happy|glad|sorry|thanks|thank|love|hate|sad|angry|afraid|worried|excited|unfortunately|fortunately|"
+    r"luckily|enjoy|fun|frustrat\w*|exciting|wonderful|awesome|amazing|terrible|awful|apolog\w*|delighted)\b",
+    re.IGNORECASE)
+MIN_COUNTS = {"neutral_dialogues": 300, "implicit_scenarios": 36, "numeric_intensity": 6, "activities": 64,
+              "user_assistant": 16, "minimal_pairs": 40, "negation_pairs": 20}
+
+
+def check_sets(root: Path, rep: Report) -> None:
+    """Schema and minimum counts of the neutral dialogues and evaluation sets; neutral text stays neutral."""
+    from emolens.data.records import DataError
+    from emolens.data.sets import load_all_sets
+
+    try:
+        sets = load_all_sets(root)
+    except DataError as e:
+        rep.errors.append(str(e))
+        return
+    for name, items in sets.items():
+        rep.counts[name] = len(items)
+        if len(items) < MIN_COUNTS[name]:
+            rep.errors.append(f"{name}: {len(items)} records, at least {MIN_COUNTS[name]} required")
+        ids = [x.id for x in items]
+        if len(set(ids)) != len(ids):
+            rep.errors.append(f"{name}: duplicate ids")
+    for d in sets["neutral_dialogues"]:
+        for _, text in d.turns:
+            m = NEUTRAL_FORBIDDEN.search(text)
+            if m:
+                rep.errors.append(f"{d.id}: neutral dialogue contains {m.group(0)!r}")
+    emos = {e.emotion for e in load_emotions(root)}
+    for ua in sets["user_assistant"]:
+        for e in (ua.user_emotion, ua.assistant_emotion):
+            if e not in emos:
+                rep.errors.append(f"{ua.id}: {e!r} is not one of the 171 emotion words")

@@ -1,0 +1,62 @@
+"""The blind-read check: a reader who did not write the stories names each one's emotion.
+
+The reader sees only the text and ranks up to five of the 171 words. Agreement is reported as top-1 and
+top-5 accuracy over the 171 words and top-1 accuracy at the level of the paper's 10 clusters, each with a
+bootstrap CI and its chance level.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Sequence
+
+from emolens.data.records import DATA_DIR, DataError, Story, field, load_emotions, read_jsonl
+
+BLIND_FILE = "blind_read.jsonl"
+
+
+def blind_sample(stories: Sequence[Story], n: int = 180, seed: int = 2026) -> list[Story]:
+    """A seeded random sample of stories, in shuffled order (no emotion grouping for the reader to exploit)."""
+    rng = random.Random(seed)
+    return rng.sample(list(stories), n)
+
+
+def load_blind_labels(data_dir: Path | None = None) -> dict[str, list[str]]:
+    path = Path(data_dir or DATA_DIR) / BLIND_FILE
+    known = {e.emotion for e in load_emotions(data_dir)}
+    out = {}
+    for n, o in read_jsonl(path):
+        w = f"{path}:{n}"
+        sid, guesses = field(o, "id", str, w), field(o, "guesses", list, w)
+        bad = [g for g in guesses if g not in known]
+        if not guesses or bad or len(guesses) > 5:
+            raise DataError(f"{w}: 'guesses' must be 1-5 of the 171 emotion words; not allowed: {bad}")
+        out[sid] = guesses
+    return out
+
+
+def blind_agreement(labels: dict[str, list[str]], stories: Sequence[Story], n_boot: int = 2000,
+                    data_dir: Path | None = None) -> dict[str, Any]:
+    """Top-1, top-5 and cluster-level agreement of the reader's guesses with the intended emotions."""
+    import numpy as np
+
+    from emolens.stats import bootstrap
+
+    emos = load_emotions(data_dir)
+    cluster = {e.emotion: e.cluster for e in emos}
+    by_id = {s.id: s for s in stories}
+    missing = [i for i in labels if i not in by_id]
+    if missing:
+        raise DataError(f"blind labels for unknown story ids: {missing[:5]}")
+    ids = sorted(labels)
+    top1 = np.array([labels[i][0] == by_id[i].emotion for i in ids], float)
+    top5 = np.array([by_id[i].emotion in labels[i][:5] for i in ids], float)
+    clus = np.array([cluster[labels[i][0]] == cluster[by_id[i].emotion] for i in ids], float)
+    sizes = np.array([sum(1 for e in emos if e.cluster == c) for c in {e.cluster for e in emos}], float)
+    out: dict[str, Any] = {"n": len(ids)}
+    for name, x in (("top1", top1), ("top5", top5), ("cluster_top1", clus)):
+        out[name] = bootstrap(np.mean, x, n_boot=n_boot).as_dict()
+    out["chance"] = {"top1": 1 / len(emos), "top5": 5 / len(emos),
+                     "cluster_top1": float(((sizes / sizes.sum()) ** 2).sum())}  # matching the cluster base rates
+    return out
