@@ -72,6 +72,20 @@ def near_duplicates(texts: dict[str, str], threshold: float = NEAR_DUPLICATE_JAC
     return sorted(out)
 
 
+def nearest_similarity(texts: dict[str, str]) -> dict[str, float]:
+    """Each text's highest 5-shingle Jaccard similarity to any other text (0 when it shares no shingle)."""
+    sh = {k: shingles(t) for k, t in texts.items()}
+    index: dict[tuple[str, ...], list[str]] = {}
+    for k, s in sh.items():
+        for g in s:
+            index.setdefault(g, []).append(k)
+    best = dict.fromkeys(texts, 0.0)
+    for k, s in sh.items():
+        for other in {o for g in s for o in index[g]} - {k}:
+            best[k] = max(best[k], jaccard(s, sh[other]))
+    return best
+
+
 def repeated_phrases(texts: dict[str, str], k: int = 6, min_count: int = 4) -> list[tuple[str, int]]:
     """k-word phrases that occur in at least ``min_count`` different texts: stock phrasing to review."""
     c: Counter[tuple[str, ...]] = Counter()

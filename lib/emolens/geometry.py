@@ -1,0 +1,118 @@
+"""The geometry of emotion vectors: similarity, clusters, principal components, and their match to ratings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def as_array(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy().astype(np.float64) if hasattr(x, "detach") else np.asarray(x, np.float64)
+
+
+def cosine_matrix(vectors: Any) -> np.ndarray:
+    v = as_array(vectors)
+    v = v / np.clip(np.linalg.norm(v, axis=1, keepdims=True), 1e-12, None)
+    return v @ v.T
+
+
+def cluster_order(sim: np.ndarray) -> np.ndarray:
+    """Leaf order of average-linkage hierarchical clustering on cosine distance (Figure 5's ordering)."""
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    dist = np.clip(1 - sim, 0, None)
+    np.fill_diagonal(dist, 0)
+    return leaves_list(linkage(squareform(dist, checks=False), method="average"))
+
+
+def kmeans_agreement(vectors: Any, reference: Sequence[str], k: int = 10, seeds: int = 10) -> dict[str, Any]:
+    """k-means on unit vectors (several seeds) and its adjusted Rand index against reference cluster labels."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    v = as_array(vectors)
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    aris, labels = [], None
+    for s in range(seeds):
+        lab = KMeans(k, n_init=10, random_state=s).fit_predict(v)
+        aris.append(adjusted_rand_score(reference, lab))
+        labels = lab if labels is None else labels
+    return {"ari_mean": float(np.mean(aris)), "ari_min": float(np.min(aris)), "ari_max": float(np.max(aris)),
+            "labels_seed0": labels.tolist()}
+
+
+def shuffled_ari(reference: Sequence[str], labels: Sequence[int], n: int = 1000, seed: int = 0) -> np.ndarray:
+    """Null distribution of the ARI when the reference labels are permuted."""
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(seed)
+    ref = np.asarray(reference)
+    return np.array([adjusted_rand_score(rng.permutation(ref), labels) for _ in range(n)])
+
+
+@dataclass
+class PCAResult:
+    scores: np.ndarray  # [E, k] coordinates of each emotion
+    components: np.ndarray  # [k, d]
+    explained: np.ndarray  # [k] variance fractions
+
+
+def pca(vectors: Any, k: int = 10, anchors: dict[int, tuple[int, int]] | None = None) -> PCAResult:
+    """PCA of the (centred) emotion vectors. ``anchors`` fixes signs without looking at any rating:
+    ``{pc: (i_pos, i_neg)}`` flips component ``pc`` so that emotion ``i_pos`` scores above ``i_neg``."""
+    x = as_array(vectors)
+    x = x - x.mean(0)
+    u, s, vt = np.linalg.svd(x, full_matrices=False)
+    k = min(k, len(s))
+    scores, comps = u[:, :k] * s[:k], vt[:k]
+    for pc, (i_pos, i_neg) in (anchors or {}).items():
+        if pc < k and scores[i_pos, pc] < scores[i_neg, pc]:
+            scores[:, pc] *= -1
+            comps[pc] *= -1
+    return PCAResult(scores, comps, (s[:k] ** 2) / (s ** 2).sum())
+
+
+def second_order_similarity(sims: Sequence[np.ndarray]) -> np.ndarray:
+    """Pearson correlation between the off-diagonal entries of each pair of similarity matrices."""
+    iu = np.triu_indices(sims[0].shape[0], 1)
+    flat = np.stack([s[iu] for s in sims])
+    return np.corrcoef(flat)
+
+
+def embedding_vectors(bridge: Any, spec: Any, words: Sequence[str]) -> np.ndarray:
+    """Static-embedding baseline: each word's mean input-embedding row over its tokens (with a leading space,
+    as the word appears mid-sentence), centred across words."""
+    import torch
+
+    W = bridge.W_E if hasattr(bridge, "W_E") else bridge.original_model.get_input_embeddings().weight
+    rows = []
+    for w in words:
+        ids = spec.tokenizer(" " + w, add_special_tokens=False).input_ids
+        rows.append(W[torch.tensor(ids)].float().mean(0).detach().cpu().numpy())
+    x = np.stack(rows).astype(np.float64)
+    return x - x.mean(0)
+
+
+def best_single_pc(scores: np.ndarray, target: np.ndarray, max_pc: int = 10) -> tuple[int, float]:
+    """The principal component (0-based, among the first ``max_pc``) whose scores correlate most with ``target``."""
+    rs = [abs(np.corrcoef(scores[:, j], target)[0, 1]) for j in range(min(max_pc, scores.shape[1]))]
+    j = int(np.argmax(rs))
+    return j, float(rs[j])
+
+
+def cv_direction_r(x: np.ndarray, target: np.ndarray, n_pcs: int = 10, folds: int = 5, seed: int = 0) -> float:
+    """Cross-validated correlation of a linear readout (ridge on the top PCs) with ``target``: the best single
+    direction for a rating, fitted on some emotions and tested on the others, so it is not tuned on its test data."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold
+
+    pred = np.zeros(len(target))
+    for tr, te in KFold(folds, shuffle=True, random_state=seed).split(x):
+        p = pca(x[tr], n_pcs)
+        z_tr = (x[tr] - x[tr].mean(0)) @ p.components.T
+        z_te = (x[te] - x[tr].mean(0)) @ p.components.T
+        pred[te] = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(z_tr, target[tr]).predict(z_te)
+    return float(np.corrcoef(pred, target)[0, 1])

@@ -1,0 +1,39 @@
+"""Fill the extraction cache for the cross-model comparison of notebook 04 (same calls, so cache hits there).
+
+python tools/extract_models.py [NAME ...]   (default: the three non-default embedded models)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+# (stories per emotion, neutral dialogues) per model: the larger models are subsampled to keep a 2-core CPU
+# run under about half an hour each; notebook 04 states the subsample beside every number.
+SUBSAMPLE = {
+    "smollm2-135m-instruct": (None, None),
+    "gemma-3-270m": (None, None),
+    "qwen2.5-coder-0.5b-instruct": (4, 120),
+    "qwen2.5-coder-1.5b-instruct": (2, 60),
+}
+
+
+def main(names: list[str]) -> None:
+    import torch
+
+    from emolens.models import load_model
+    from emolens.recipe import corpus_activations
+
+    torch.set_grad_enabled(False)
+    for name in names:
+        per, neutral = SUBSAMPLE[name]
+        t = time.perf_counter()
+        bridge, spec = load_model(name)
+        acts = corpus_activations(bridge, spec, stories_per_emotion=per, neutral_limit=neutral)
+        print(f"{name}: {len(acts.stories)} stories, {acts.n_neutral} neutral, {time.perf_counter() - t:.0f} s",
+              flush=True)
+        del bridge, acts
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["gemma-3-270m", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"])
