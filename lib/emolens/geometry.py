@@ -116,3 +116,43 @@ def cv_direction_r(x: np.ndarray, target: np.ndarray, n_pcs: int = 10, folds: in
         z_te = (x[te] - x[tr].mean(0)) @ p.components.T
         pred[te] = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(z_tr, target[tr]).predict(z_te)
     return float(np.corrcoef(pred, target)[0, 1])
+
+
+# Signs of PC1 and PC2 are fixed by anchor emotions, never by the ratings they are then compared with.
+PC_ANCHORS = {0: ("happy", "sad"), 1: ("afraid", "calm")}
+
+
+def anchors_for(emotions: Sequence[str]) -> dict[int, tuple[int, int]]:
+    return {pc: (list(emotions).index(a), list(emotions).index(b)) for pc, (a, b) in PC_ANCHORS.items()
+            if a in emotions and b in emotions}
+
+
+def geometry_summary(vectors: Any, emotions: Sequence[str], ratings: dict[str, Any], clusters: Sequence[str],
+                     n_boot: int = 2000, kmeans_seeds: int = 5) -> dict[str, Any]:
+    """PCA variance, PC1-valence and PC2-arousal correlations (bootstrap CIs, permutation p), the best single
+    PC and a cross-validated direction for arousal, and k-means agreement with the paper's clusters."""
+    from emolens.stats import correlation
+
+    x = as_array(vectors)
+    p = pca(x, 10, anchors_for(emotions))
+    rated = [i for i, e in enumerate(emotions) if e in ratings]
+    val = np.array([ratings[emotions[i]].valence for i in rated])
+    aro = np.array([ratings[emotions[i]].arousal for i in rated])
+    out: dict[str, Any] = {"n_emotions": len(emotions), "n_rated": len(rated),
+                           "explained": p.explained[:5].tolist()}
+    if len(rated) >= 5:
+        out["pc1_valence"] = correlation(p.scores[rated, 0], val, n_boot=n_boot, n_perm=n_boot).as_dict()
+        out["pc2_arousal"] = correlation(p.scores[rated, 1], aro, n_boot=n_boot, n_perm=n_boot).as_dict()
+        out["pc1_valence_spearman"] = correlation(p.scores[rated, 0], val, "spearman", n_boot, n_boot).as_dict()
+        out["pc2_arousal_spearman"] = correlation(p.scores[rated, 1], aro, "spearman", n_boot, n_boot).as_dict()
+        j, r = best_single_pc(p.scores[rated], aro)
+        out["best_pc_arousal"] = {"pc": j + 1, "abs_r": r}
+        if len(rated) >= 20:
+            out["cv_direction_valence_r"] = cv_direction_r(x[rated], val)
+            out["cv_direction_arousal_r"] = cv_direction_r(x[rated], aro)
+    if len(set(clusters)) > 1 and len(emotions) > 10:
+        km = kmeans_agreement(x, clusters, k=min(10, len(emotions) - 1), seeds=kmeans_seeds)
+        null = shuffled_ari(clusters, km["labels_seed0"], n=500)
+        out["kmeans_ari"] = {k: v for k, v in km.items() if k != "labels_seed0"}
+        out["kmeans_ari"]["null_95pct"] = float(np.quantile(null, 0.95))
+    return out

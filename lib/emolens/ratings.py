@@ -4,7 +4,7 @@ The wheel is installed without its dependencies and never imported (its ``__init
 install): we locate its data file and read it. Nothing is copied into this repository (CC BY-NC-SA 4.0).
 
 Matching an emotion word to a norm entry: the exact word first; otherwise, for single words only, simple lemma
-fallbacks (``-ied`` -> ``-y``, ``-ed`` -> ``-e``, ``-ed`` -> ``''``, doubled final consonant). Multi-word and
+fallbacks (``-ied`` -> ``-y``, ``-ing``/``-ed`` -> ``-e`` or ``''``, doubled final consonant). Multi-word and
 hyphenated entries ("at ease", "grief-stricken") are not matched. ``match_ratings`` reports which rule matched
 each word, so a notebook can say exactly what was compared.
 """
@@ -58,6 +58,8 @@ def _candidates(word: str) -> list[tuple[str, str]]:
         return out
     if w.endswith("ied"):
         out.append((w[:-3] + "y", "-ied -> -y"))
+    if w.endswith("ing"):
+        out += [(w[:-3] + "e", "-ing -> -e"), (w[:-3], "-ing -> ''")]
     if w.endswith("ed"):
         out += [(w[:-1], "-ed -> -e"), (w[:-2], "-ed -> ''")]
         if len(w) > 4 and w[-3] == w[-4]:

@@ -60,15 +60,21 @@ def position_activations(bridge: Any, spec: ModelSpec, sequences: Sequence[Seque
 def colon_readout(bridge: Any, spec: ModelSpec, user_messages: Sequence[str], vectors: Any, layer: int,
                   measure: str = "cosine", system: str | None = None) -> Any:
     """Readout ``[n, E]`` at the Assistant colon of each one-message exchange (paper Figures 2 and 3)."""
+    return project(colon_activations(bridge, spec, user_messages, layer, system), vectors, measure)
+
+
+def colon_activations(bridge: Any, spec: ModelSpec, user_messages: Sequence[str], layer: int,
+                      system: str | None = None) -> Any:
+    """Residuals ``[n, d]`` at the Assistant colon of each one-message exchange; project them onto several
+    sets of vectors (real and random, say) without running the model again."""
     seqs, pos = [], []
     for m in user_messages:
         msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": m}]
         ids, p = spec.assistant_colon_position(msgs)
         seqs.append(ids)
         pos.append(p)
-    acts = position_activations(bridge, spec, seqs, pos, [layer])
-    return project(acts[:, 0], vectors, measure)
+    return position_activations(bridge, spec, seqs, pos, [layer])[:, 0]
 
 
-__all__ = ["MEASURES", "colon_readout", "pooled_readout", "position_activations", "project", "special_ids",
+__all__ = ["MEASURES", "colon_activations", "colon_readout", "pooled_readout", "position_activations", "project", "special_ids",
            "token_readout"]

