@@ -8,10 +8,10 @@ from __future__ import annotations
 import sys
 import time
 
-# (stories per emotion, neutral dialogues) per model: the larger models are subsampled to keep a 2-core CPU
-# run under about half an hour each; notebook 04 states the subsample beside every number.
+# (stories per emotion, neutral dialogues) per model, read at the probe layer only (the forward pass stops
+# there): the larger models are subsampled to keep a 2-core CPU run under about 20 minutes each; notebook 04
+# states the subsample beside every number. Keep in step with OTHER_MODELS in notebooks 03 and 04.
 SUBSAMPLE = {
-    "smollm2-135m-instruct": (None, None),
     "gemma-3-270m": (None, None),
     "qwen2.5-coder-0.5b-instruct": (4, 120),
     "qwen2.5-coder-1.5b-instruct": (2, 60),
@@ -29,7 +29,8 @@ def main(names: list[str]) -> None:
         per, neutral = SUBSAMPLE[name]
         t = time.perf_counter()
         bridge, spec = load_model(name)
-        acts = corpus_activations(bridge, spec, stories_per_emotion=per, neutral_limit=neutral)
+        acts = corpus_activations(bridge, spec, stories_per_emotion=per, neutral_limit=neutral,
+                                  layers=[spec.probe_layer])
         print(f"{name}: {len(acts.stories)} stories, {acts.n_neutral} neutral, {time.perf_counter() - t:.0f} s",
               flush=True)
         del bridge, acts
