@@ -134,6 +134,17 @@ def forward_layers(bridge: Any, spec: ModelSpec, seqs: Sequence[Sequence[int]], 
                               position_ids=positions.to(device), return_type=None, stop_at_layer=max(layers) + 1)
 
 
+def gather_pooled(resid: Any, offsets: Sequence[int], positions: Sequence[Sequence[int]]) -> Any:
+    """The pooled tokens of a padded batch, ``[n_pooled, d]``: row r contributes ``resid[r, offsets[r] + p]``
+    for each p in ``positions[r]``, in order."""
+    import torch
+
+    rows = torch.tensor([r for r, ps in enumerate(positions) for _ in ps], dtype=torch.long, device=resid.device)
+    cols = torch.tensor([offsets[r] + p for r, ps in enumerate(positions) for p in ps], dtype=torch.long,
+                        device=resid.device)
+    return resid[rows, cols]
+
+
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
@@ -162,13 +173,10 @@ def pooled_means(bridge: Any, spec: ModelSpec, texts: Sequence[str], layers: Any
         batch = [i for i in batch if counts[i] > 0]
         if not batch:
             continue
-        # (row in batch, padded position) index pairs of every pooled token, built once per batch
-        rows = torch.tensor([r for r, i in enumerate(batch) for _ in pos[i]], dtype=torch.long)
-        owner = torch.tensor(batch, dtype=torch.long)[rows]
+        owner = torch.tensor([i for i in batch for _ in pos[i]], dtype=torch.long)
 
-        def on_layer(layer: int, resid: Any, offsets: list[int]) -> None:
-            cols = torch.tensor([offsets[r] + p for r, i in enumerate(batch) for p in pos[i]], dtype=torch.long)
-            x = resid[rows.to(resid.device), cols.to(resid.device)].float().cpu()
+        def on_layer(layer: int, resid: Any, offsets: list[int], batch: list[int] = batch) -> None:
+            x = gather_pooled(resid, offsets, [pos[i] for i in batch]).float().cpu()
             sums[:, li[layer]].index_add_(0, owner, x)
 
         forward_layers(bridge, spec, [toks[i] for i in batch], layers, site, on_layer, padding_side)
@@ -204,11 +212,8 @@ def neutral_statistics(bridge: Any, spec: ModelSpec, texts: Sequence[str], layer
         batch = [i for i in batch if pos[i]]
         if not batch:
             continue
-        rows = torch.tensor([r for r, i in enumerate(batch) for _ in pos[i]], dtype=torch.long)
-
-        def on_layer(layer: int, resid: Any, offsets: list[int]) -> None:
-            cols = torch.tensor([offsets[r] + p for r, i in enumerate(batch) for p in pos[i]], dtype=torch.long)
-            x = resid[rows.to(resid.device), cols.to(resid.device)].double().cpu()
+        def on_layer(layer: int, resid: Any, offsets: list[int], batch: list[int] = batch) -> None:
+            x = gather_pooled(resid, offsets, [pos[i] for i in batch]).double().cpu()
             s1[li[layer]] += x.sum(0)
             s2[li[layer]] += x.T @ x
 
