@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from emolens.classify import cosine_scores, topk_accuracy
-from emolens.vectors import build_emotion_vectors
+from emolens.vectors import build_emotion_vectors, project_out
 
 N_FOLDS = 5
 
@@ -58,11 +58,10 @@ def heldout_scores(story_means: Any, counts: Any, labels: Sequence[str], topic_i
             vecs = r / r.norm(dim=-1, keepdim=True) * vecs.norm(dim=-1, keepdim=True)
         centre = ev.raw.mean(0)  # the training grand mean: test activations are read relative to it
         for j in range(len(layers)):
-            x = (story_means[test, j] - centre[j]).numpy()
-            if denoised and ev.neutral_pcs[j].shape[0]:
-                pc = ev.neutral_pcs[j].numpy()
-                x = x - (x @ pc.T) @ pc
-            scores[test, j] = cosine_scores(x, vecs[:, j].numpy())
+            x = story_means[test, j] - centre[j]
+            if denoised:
+                x = project_out(x, ev.neutral_pcs[j])  # the same projection the vectors went through
+            scores[test, j] = cosine_scores(x.numpy(), vecs[:, j].numpy())
     return HeldOut(scores[keep], lab[keep], list(layers), list(emotions))
 
 
