@@ -10,11 +10,13 @@ from emolens.extract import (Pooling, length_batches, neutral_statistics, pool_p
 
 
 def slow_pooled_means(bridge, spec, texts, layers, start):
-    """One text at a time, full hidden states, positions chosen by hand: the reference."""
+    """One text at a time through the bridge's own run_with_cache, positions chosen by hand: the reference."""
     specials = special_ids(spec)
     out = torch.zeros((len(texts), len(layers), spec.d_model))
     for i, t in enumerate(texts):
-        ids, res = token_residuals(bridge, spec, t, layers)
+        ids = spec.encode(t)
+        _, cache = bridge.run_with_cache(torch.tensor([ids]))
+        res = torch.stack([cache[f"blocks.{layer}.hook_resid_post"][0].float() for layer in layers], dim=1)
         keep, own = [], 0
         for pos, tok in enumerate(ids):
             if tok in specials:
@@ -27,14 +29,15 @@ def slow_pooled_means(bridge, spec, texts, layers, start):
     return out
 
 
+@pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("batch_size", [1, 2, 5])
 @pytest.mark.parametrize("padding_side", ["right", "left"])
-def test_batched_equals_reference(tiny_any, sample_texts, batch_size, padding_side):
+def test_batched_equals_reference(tiny_any, sample_texts, batch_size, padding_side, fast):
     bridge, spec = tiny_any
     layers = [0, 2, spec.n_layers - 1]
     ref = slow_pooled_means(bridge, spec, sample_texts, layers, start=3)
     got, counts = pooled_means(bridge, spec, sample_texts, layers, Pooling(start=3), batch_size=batch_size,
-                               padding_side=padding_side, progress=False)
+                               padding_side=padding_side, progress=False, fast=fast)
     assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
     assert (counts > 0).all()
 
@@ -120,3 +123,25 @@ def test_neutral_statistics_equal_explicit_covariance(tiny_gemma, sample_texts):
         cov = torch.cov(x[:, j].T)
         assert torch.allclose(st["cov"][j], cov, atol=1e-6 * cov.abs().max())
         assert torch.allclose(st["mean"][j], x[:, j].mean(0), atol=1e-8)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_forward_stops_after_deepest_layer(tiny_any, sample_texts, fast):
+    """Neither the final norm nor the unembedding runs, even when the last block is asked for; nor any block
+    after the deepest requested one."""
+    bridge, spec = tiny_any
+    ran = []
+    handles = [bridge.unembed.original_component.register_forward_hook(lambda *a: ran.append("unembed")),
+               bridge.ln_final.original_component.register_forward_hook(lambda *a: ran.append("ln_final")),
+               bridge.blocks[2].original_component.register_forward_hook(lambda *a: ran.append("block2"))]
+    try:
+        pooled_means(bridge, spec, sample_texts[:2], [spec.n_layers - 1], Pooling(start=0), progress=False, fast=fast)
+        assert ran.count("block2") == 1 and "unembed" not in ran and "ln_final" not in ran, ran
+        ran.clear()
+        pooled_means(bridge, spec, sample_texts[:2], [0, 1], Pooling(start=0), progress=False, fast=fast)
+        assert ran == [], ran
+    finally:
+        for h in handles:
+            h.remove()
+    # the bridge is left clean: a normal full forward still returns logits
+    assert bridge(torch.tensor([spec.encode("A fox.")])).shape[-1] == bridge.cfg.d_vocab
