@@ -42,6 +42,14 @@ def texts_for_benchmark(n: int) -> list[str]:
 
 
 def peak_rss_gb() -> float:
+    """Peak resident memory of this process image. /proc's VmHWM restarts at exec; ru_maxrss does not (a
+    child started by fork+exec inherits the parent's peak), so it is only the fallback."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 

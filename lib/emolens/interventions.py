@@ -40,8 +40,9 @@ def steering(bridge: Any, spec: ModelSpec, direction: Any, layers: int | Sequenc
              norm: float, site: str = "resid_post", from_position: int = 0) -> Iterator[None]:
     """Add ``alpha * norm * direction/|direction|`` to the residual at ``layers`` for positions >= ``from_position``.
 
-    ``alpha = 0`` leaves the model exactly unchanged. With a KV cache during generation each step sees only
-    the new token, which is then steered too.
+    ``alpha = 0`` leaves the model exactly unchanged. With a KV cache during generation each step passes one
+    new token: a one-token pass that follows a longer one (in this context) is read as the next position of
+    that sequence, so it is steered once it reaches ``from_position`` (tested against uncached generation).
     """
     import torch
 
@@ -54,17 +55,24 @@ def steering(bridge: Any, spec: ModelSpec, direction: Any, layers: int | Sequenc
     unit = direction / direction.norm().clamp(min=1e-12)
     delta = alpha * norm * unit
 
-    def add(resid: Any, hook: Any) -> Any:
-        if alpha == 0:
-            return resid
-        d = delta.to(resid.device, resid.dtype)
-        if from_position <= 0:
-            return resid + d
-        out = resid.clone()
-        out[:, from_position:] += d
-        return out
+    def make_hook() -> Any:
+        seen = [0]  # positions so far of the current sequence at this hook
 
-    with bridge.hooks(fwd_hooks=[(hook_name(layer, site), add) for layer in layers]):
+        def add(resid: Any, hook: Any) -> Any:
+            T = resid.shape[1]
+            start = seen[0] if T == 1 and seen[0] > 0 else 0  # a cached decoding step continues the sequence
+            seen[0] = start + T
+            if alpha == 0 or start + T <= from_position:
+                return resid
+            d = delta.to(resid.device, resid.dtype)
+            if from_position <= start:
+                return resid + d
+            out = resid.clone()
+            out[:, from_position - start:] += d
+            return out
+        return add
+
+    with bridge.hooks(fwd_hooks=[(hook_name(layer, site), make_hook()) for layer in layers]):
         yield
 
 

@@ -7,6 +7,8 @@ the paper's plain "Human:/Assistant:" format, so both formatting paths are exerc
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from functools import lru_cache
 from typing import Any
@@ -42,6 +44,7 @@ def tiny_tokenizer(chat: bool) -> Any:
         tok.chat_template = _CHATML
     # TransformerLens rebuilds the tokenizer from its folder (to switch BOS on), so give it one.
     folder = tempfile.mkdtemp(prefix="emolens-tiny-tok-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # only needed while the bridge boots
     tok.save_pretrained(folder)
     return AutoTokenizer.from_pretrained(folder)
 
