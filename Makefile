@@ -36,7 +36,10 @@ test: setup
 	$(PY) -m pytest
 
 benchmark: setup
-	$(PY) benchmarks/extraction.py
+	mkdir -p benchmarks/results
+	$(PY) benchmarks/extraction.py --memory-n 2052 --json benchmarks/results/extraction-float32.json
+	$(PY) benchmarks/extraction.py --dtype bfloat16 --json benchmarks/results/extraction-bfloat16.json
+	$(PY) benchmarks/bf16_agreement.py | tee benchmarks/results/bf16_agreement.txt
 
 check-data: setup
 	$(PY) -m emolens.data check
