@@ -80,3 +80,13 @@ def test_processed_weights_block_fast_path(tiny_llama, monkeypatch):
     assert any("compatibility" in r for r in fast_path_blockers(bridge))
     with maybe_hf_internals(bridge):  # a no-op, not an error
         pass
+
+
+def test_resid_pre_fast_equals_slow(tiny_any, sample_texts):
+    bridge, spec = tiny_any
+    layers = [0, spec.n_layers - 1]
+    a, _ = pooled_means(bridge, spec, sample_texts, layers, Pooling(start=2), site="resid_pre", progress=False)
+    b, _ = pooled_means(bridge, spec, sample_texts, layers, Pooling(start=2), site="resid_pre", progress=False,
+                        fast=False)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(a[:, 0], a[:, 1])  # resid_pre of layer 0 is the embedding: really a different site

@@ -1,0 +1,72 @@
+"""How a story tells its feeling: simple, transparent text features, to ask what a principal component tracks.
+
+The stories show an emotion without naming it, through the body (a tight chest, heavy legs), through what
+people say to each other, or through the situation. If a direction in activation space follows *how* the
+stories are told rather than *what* is felt, these features expose it. Story-level tests are run within
+emotion (each feature and projection minus its emotion's mean), so an emotion that happens to be told through
+the body cannot create the correlation on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+# Our list: body parts and bodily sensations a narrator uses to show a feeling (lower case, whole words).
+BODY_WORDS = frozenset("""
+arm arms back belly blood bones breath breathe breathed breathing brow cheek cheeks chest chin ears eye eyelids
+eyes face fingers fist fists flushed foot feet forehead gut hand hands head heart heartbeat hip hips jaw knee
+knees leg legs limbs lip lips lungs mouth muscles neck nose palm palms pulse ribs shoulder shoulders skin
+spine stomach sweat sweating teeth temples throat thumb toes tongue trembled trembling wrist wrists yawn yawned
+ache ached aching dizzy heavy shiver shivered shook numb tingle tingling tense
+""".split())
+
+_WORD = re.compile(r"[a-z']+")
+_QUOTED = re.compile(r"[\"\u201c]([^\"\u201d]*)[\"\u201d]")
+
+
+def narrative_features(texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per text: ``body`` (body words per 100 words), ``speech`` (share of characters inside quotation
+    marks), ``words`` (word count)."""
+    body, speech, words = [], [], []
+    for t in texts:
+        w = _WORD.findall(t.lower())
+        body.append(100.0 * sum(x in BODY_WORDS for x in w) / max(len(w), 1))
+        speech.append(sum(len(m) for m in _QUOTED.findall(t)) / max(len(t), 1))
+        words.append(float(len(w)))
+    return {"body": np.array(body), "speech": np.array(speech), "words": np.array(words)}
+
+
+def group_means(x: Any, groups: Sequence[Any], order: Sequence[Any]) -> np.ndarray:
+    """Mean of ``x`` per group, in ``order``."""
+    x, g = np.asarray(x, dtype=float), np.asarray(groups)
+    return np.array([x[g == k].mean() for k in order])
+
+
+def within_groups(x: Any, groups: Sequence[Any]) -> np.ndarray:
+    """``x`` minus its group's mean (what is left once each group's average is removed)."""
+    x, g = np.asarray(x, dtype=float), np.asarray(groups)
+    out = x.copy()
+    for k in np.unique(g):
+        out[g == k] -= x[g == k].mean()
+    return out
+
+
+def within_group_r(points: Any, direction: Any, feature: Any, groups: Sequence[Any]) -> float:
+    """Pearson r, within groups, between the points' projections on ``direction`` and ``feature``."""
+    p = np.asarray(points, dtype=float) @ np.asarray(direction, dtype=float)
+    a, b = within_groups(p, groups), within_groups(feature, groups)
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def random_direction_null(points: Any, feature: Any, groups: Sequence[Any], n: int = 200,
+                          seed: int = 0) -> np.ndarray:
+    """|within-group r| of ``n`` random unit directions: how strongly an arbitrary direction follows
+    ``feature`` (the null for a component's story-level correlation)."""
+    from emolens.stats import random_directions
+
+    pts = np.asarray(points, dtype=float)
+    return np.array([abs(within_group_r(pts, d, feature, groups))
+                     for d in random_directions(n, pts.shape[1], seed)])
