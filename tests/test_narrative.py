@@ -33,3 +33,14 @@ def test_planted_direction_beats_random_null():
     r = within_group_r(points, d, feature, groups)
     null = random_direction_null(points, feature, groups, n=100)
     assert r > 0.8 and r > np.percentile(null, 99)
+
+
+def test_components_vs_feature_finds_the_planted_component():
+    from emolens.narrative import components_vs_feature
+
+    texts = ["Her chest and hands shook.", "He said nothing.", "My legs ached, my back too.", "We walked home."]
+    labels, emotions = ["a", "b", "a", "b"], ["a", "b"]
+    body = narrative_features(texts)["body"]
+    scores = np.array([[body[[0, 2]].mean(), 1.0], [body[[1, 3]].mean(), 2.0]])
+    out = components_vs_feature(scores, texts, labels, emotions, k=2, n_boot=50)
+    assert np.isclose(out["pc1"]["value"], 1.0) and np.isclose(out["pc2"]["value"], -1.0)

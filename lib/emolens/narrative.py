@@ -70,3 +70,14 @@ def random_direction_null(points: Any, feature: Any, groups: Sequence[Any], n: i
     pts = np.asarray(points, dtype=float)
     return np.array([abs(within_group_r(pts, d, feature, groups))
                      for d in random_directions(n, pts.shape[1], seed)])
+
+
+def components_vs_feature(scores: Any, texts: Sequence[str], labels: Sequence[Any], emotions: Sequence[Any],
+                          feature: str = "body", k: int = 3, n_boot: int = 2000) -> dict[str, dict[str, Any]]:
+    """Per-emotion correlation (bootstrap CI, permutation p) of the first ``k`` PC scores with the mean of a
+    narrative feature over each emotion's stories."""
+    from emolens.stats import correlation
+
+    per_emotion = group_means(narrative_features(texts)[feature], labels, emotions)
+    return {f"pc{i + 1}": correlation(np.asarray(scores)[:, i], per_emotion, n_boot=n_boot, n_perm=n_boot).as_dict()
+            for i in range(k)}
