@@ -78,8 +78,11 @@ def test_processed_weights_block_fast_path(tiny_llama, monkeypatch):
     bridge, _ = tiny_llama
     monkeypatch.setattr(bridge, "compatibility_mode", True, raising=False)
     assert any("compatibility" in r for r in fast_path_blockers(bridge))
-    with maybe_hf_internals(bridge):  # a no-op, not an error
-        pass
+    with maybe_hf_internals(bridge) as on:  # a no-op, not an error
+        assert on is False
+    monkeypatch.setattr(bridge, "compatibility_mode", False, raising=False)
+    with maybe_hf_internals(bridge) as on:
+        assert on is True
 
 
 def test_resid_pre_fast_equals_slow(tiny_any, sample_texts):

@@ -145,14 +145,9 @@ def forward_layers(bridge: Any, spec: ModelSpec, seqs: Sequence[Sequence[int]], 
                               position_ids=positions.to(device), return_type=None, stop_at_layer=last + 1)
 
 
-def gather_pooled(resid: Any, offsets: Sequence[int], positions: Sequence[Sequence[int]]) -> Any:
-    """The pooled tokens of a padded batch, ``[n_pooled, d]``: row r contributes ``resid[r, offsets[r] + p]``
-    for each p in ``positions[r]``, in order."""
-    return resid[pooled_index(offsets, positions, resid.device)]
-
-
 def pooled_index(offsets: Sequence[int], positions: Sequence[Sequence[int]], device: Any = None) -> tuple[Any, Any]:
-    """``(rows, cols)`` index tensors selecting the pooled tokens of a padded batch (see ``gather_pooled``)."""
+    """``(rows, cols)`` index tensors selecting the pooled tokens of a padded batch: ``resid[rows, cols]`` is
+    ``[n_pooled, d]``, row r contributing ``resid[r, offsets[r] + p]`` for each p in ``positions[r]``, in order."""
     import torch
 
     rows = torch.tensor([r for r, ps in enumerate(positions) for _ in ps], dtype=torch.long, device=device)
@@ -231,8 +226,13 @@ def neutral_statistics(bridge: Any, spec: ModelSpec, texts: Sequence[str], layer
         batch = [i for i in batch if pos[i]]
         if not batch:
             continue
-        def on_layer(layer: int, resid: Any, offsets: list[int], batch: list[int] = batch) -> None:
-            x = gather_pooled(resid, offsets, [pos[i] for i in batch]).double().cpu()
+        index: dict[str, Any] = {}  # built at the first layer, reused by the others
+
+        def on_layer(layer: int, resid: Any, offsets: list[int], batch: list[int] = batch,
+                     index: dict[str, Any] = index) -> None:
+            if "rc" not in index:
+                index["rc"] = pooled_index(offsets, [pos[i] for i in batch], resid.device)
+            x = resid[index["rc"]].double().cpu()
             s1[li[layer]] += x.sum(0)
             s2[li[layer]] += x.T @ x
 

@@ -74,14 +74,7 @@ def _unwrap(module: Any, swaps: list[tuple[Any, str, Any]]) -> None:
 
 
 @contextlib.contextmanager
-def hf_internals(bridge: Any, sdpa: bool = True) -> Iterator[None]:
-    """Run blocks' insides as plain HF modules for the duration; block-level hooks keep firing.
-
-    Raises ``RuntimeError`` if ``fast_path_blockers`` finds a reason the results would differ.
-    """
-    reasons = fast_path_blockers(bridge)
-    if reasons:
-        raise RuntimeError("block-level fast path not allowed: " + "; ".join(reasons))
+def _swapped(bridge: Any, sdpa: bool) -> Iterator[bool]:
     swaps: list[tuple[Any, str, Any]] = []
     config = getattr(getattr(bridge, "original_model", None), "config", None)
     old_impl = getattr(config, "_attn_implementation", None)
@@ -91,7 +84,7 @@ def hf_internals(bridge: Any, sdpa: bool = True) -> Iterator[None]:
             _unwrap(block.original_component, swaps)
         if use_sdpa:
             config._attn_implementation = "sdpa"
-        yield
+        yield True
     finally:
         if use_sdpa:
             config._attn_implementation = old_impl
@@ -99,8 +92,20 @@ def hf_internals(bridge: Any, sdpa: bool = True) -> Iterator[None]:
             parent._modules[name] = child
 
 
-def maybe_hf_internals(bridge: Any, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
-    """``hf_internals`` when enabled and safe, else a no-op (the bridge's own, slower path)."""
+def hf_internals(bridge: Any, sdpa: bool = True) -> contextlib.AbstractContextManager[bool]:
+    """Run blocks' insides as plain HF modules for the duration; block-level hooks keep firing.
+
+    Raises ``RuntimeError`` if ``fast_path_blockers`` finds a reason the results would differ.
+    """
+    reasons = fast_path_blockers(bridge)
+    if reasons:
+        raise RuntimeError("block-level fast path not allowed: " + "; ".join(reasons))
+    return _swapped(bridge, sdpa)
+
+
+def maybe_hf_internals(bridge: Any, enabled: bool = True) -> contextlib.AbstractContextManager[bool]:
+    """``hf_internals`` when enabled and safe, else a no-op (the bridge's own, slower path). Entering it gives
+    whether the fast path is on."""
     if enabled and not fast_path_blockers(bridge):
-        return hf_internals(bridge)
-    return contextlib.nullcontext()
+        return _swapped(bridge, sdpa=True)
+    return contextlib.nullcontext(False)

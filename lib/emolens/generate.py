@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from typing import Any
 
@@ -20,13 +19,11 @@ def complete(bridge: Any, spec: ModelSpec, prompt: str, max_new_tokens: int = 40
     """
     import torch
 
-    from emolens.fastpath import fast_path_blockers, hf_internals
+    from emolens.fastpath import maybe_hf_internals
 
-    use_cache = fast and not fast_path_blockers(bridge)
     ids = torch.tensor([spec.encode(prompt)], device=spec.device)
     torch.manual_seed(seed)
-    with torch.inference_mode(), (hf_internals(bridge) if use_cache else contextlib.nullcontext()), \
-            warnings.catch_warnings():
+    with torch.inference_mode(), maybe_hf_internals(bridge, fast) as use_cache, warnings.catch_warnings():
         # the bridge passes HF the cache under its old keyword name
         warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
         out = bridge.generate(ids, max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=temperature,
