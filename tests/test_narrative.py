@@ -44,3 +44,14 @@ def test_components_vs_feature_finds_the_planted_component():
     scores = np.array([[body[[0, 2]].mean(), 1.0], [body[[1, 3]].mean(), 2.0]])
     out = components_vs_feature(scores, texts, labels, emotions, k=2, n_boot=50)
     assert np.isclose(out["pc1"]["value"], 1.0) and np.isclose(out["pc2"]["value"], -1.0)
+
+
+def test_body_words_hold_no_emotion_vocabulary():
+    from emolens.data import load_emotions
+    from emolens.data.leaks import load_banned_words
+    from emolens.narrative import BODY_WORDS
+
+    assert not BODY_WORDS & {e.emotion for e in load_emotions()}
+    banned = load_banned_words()
+    hits = {(e, w) for e in banned.terms for w in BODY_WORDS if banned.leaks(e, w)}
+    assert not hits, hits
