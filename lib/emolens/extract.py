@@ -156,6 +156,18 @@ def pooled_index(offsets: Sequence[int], positions: Sequence[Sequence[int]], dev
     return rows, cols
 
 
+def pooled_reader(positions: Sequence[Sequence[int]], fn: Callable[[int, Any], None]) -> Callable[[int, Any, Any], None]:
+    """An ``on_layer`` for ``forward_layers`` that hands ``fn(layer, pooled[n_pooled, d])`` the pooled tokens
+    of the batch, building the index once (at the first layer) and reusing it for the others."""
+    index: list[Any] = []
+
+    def on_layer(layer: int, resid: Any, offsets: Any) -> None:
+        if not index:
+            index.append(pooled_index(offsets, positions, resid.device))
+        fn(layer, resid[index[0]])
+    return on_layer
+
+
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
@@ -185,15 +197,12 @@ def pooled_means(bridge: Any, spec: ModelSpec, texts: Sequence[str], layers: Any
         if not batch:
             continue
         owner = torch.tensor([i for i in batch for _ in pos[i]], dtype=torch.long)
-        index: dict[str, Any] = {}  # built at the first layer, reused by the others
 
-        def on_layer(layer: int, resid: Any, offsets: list[int], batch: list[int] = batch,
-                     index: dict[str, Any] = index) -> None:
-            if "rc" not in index:
-                index["rc"] = pooled_index(offsets, [pos[i] for i in batch], resid.device)
-            sums[:, li[layer]].index_add_(0, owner, resid[index["rc"]].float().cpu())
+        def add(layer: int, x: Any, owner: Any = owner) -> None:
+            sums[:, li[layer]].index_add_(0, owner, x.float().cpu())
 
-        forward_layers(bridge, spec, [toks[i] for i in batch], layers, site, on_layer, padding_side, fast)
+        forward_layers(bridge, spec, [toks[i] for i in batch], layers, site,
+                       pooled_reader([pos[i] for i in batch], add), padding_side, fast)
         bar.update(len(batch))
     bar.close()
     means = sums / counts.clamp(min=1).view(-1, 1, 1)
@@ -226,17 +235,13 @@ def neutral_statistics(bridge: Any, spec: ModelSpec, texts: Sequence[str], layer
         batch = [i for i in batch if pos[i]]
         if not batch:
             continue
-        index: dict[str, Any] = {}  # built at the first layer, reused by the others
-
-        def on_layer(layer: int, resid: Any, offsets: list[int], batch: list[int] = batch,
-                     index: dict[str, Any] = index) -> None:
-            if "rc" not in index:
-                index["rc"] = pooled_index(offsets, [pos[i] for i in batch], resid.device)
-            x = resid[index["rc"]].double().cpu()
+        def accumulate(layer: int, x: Any) -> None:
+            x = x.double().cpu()
             s1[li[layer]] += x.sum(0)
             s2[li[layer]] += x.T @ x
 
-        forward_layers(bridge, spec, [toks[i] for i in batch], layers, site, on_layer, fast=fast)
+        forward_layers(bridge, spec, [toks[i] for i in batch], layers, site,
+                       pooled_reader([pos[i] for i in batch], accumulate), fast=fast)
         bar.update(len(batch))
     bar.close()
     n = sum(len(p) for p in pos)
