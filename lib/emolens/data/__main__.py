@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -14,9 +15,39 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--emotions", help="comma-separated emotion words (default: all)")
     c.add_argument("--data", type=Path, help="data directory (default: the repository's data/)")
     c.add_argument("--banned", type=Path, help="banned-word file (default: DATA/banned_words.jsonl)")
+    t = sub.add_parser("todo", help="a v2 writer's next unwritten slots (JSON lines)")
+    t.add_argument("--writer", required=True)
+    t.add_argument("-n", type=int, default=10)
+    ad = sub.add_parser("add", help="check a v2 writer's stories ({id, text} JSON lines) and store the good ones")
+    ad.add_argument("--writer", required=True)
+    ad.add_argument("file", type=Path)
+    sub.add_parser("status", help="v2 stories written per writer")
+    for q in (t, ad):
+        q.add_argument("--data", type=Path, help="data directory (default: the repository's data/)")
     a = p.parse_args(argv)
     from emolens.data.check import check_corpus
     from emolens.data.records import DataError
+
+    if a.cmd in ("todo", "add", "status"):
+        from emolens.data import intake
+
+        try:
+            if a.cmd == "todo":
+                for row in intake.todo(a.writer, a.n, a.data):
+                    print(json.dumps(row, ensure_ascii=False))
+                return 0
+            if a.cmd == "status":
+                for w, (have, want) in intake.status().items():
+                    print(f"{w}: {have}/{want}")
+                return 0
+            stored, rejected = intake.add(a.writer, a.file, a.data)
+        except (DataError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        for r in rejected:
+            print(f"rejected {r}")
+        print(f"stored {stored}, rejected {len(rejected)}")
+        return 0 if not rejected else 1
 
     try:
         rep = check_corpus(a.data, a.emotions.split(",") if a.emotions else None, banned_file=a.banned)

@@ -80,10 +80,11 @@ class Story:
     person: str
     text: str
     author: str
+    channel: str | None = None  # the planned narrative channel (v2 stories); None for v1
 
     @property
     def slot(self) -> int:
-        """The story's index j within its emotion (0..11), read from its id."""
+        """The story's index j within its emotion (0..11 in v1, 12..51 in v2), read from its id."""
         return int(self.id.rsplit("-", 1)[1])
 
 
@@ -122,7 +123,8 @@ def planned_slot(emotion_index: int, j: int) -> tuple[int, str]:
 
 def parse_story(o: dict[str, Any], where: str) -> Story:
     s = Story(field(o, "id", str, where), field(o, "emotion", str, where), field(o, "topic_id", int, where),
-              field(o, "person", str, where), field(o, "text", str, where), field(o, "author", str, where))
+              field(o, "person", str, where), field(o, "text", str, where), field(o, "author", str, where),
+              field(o, "channel", str, where) if "channel" in o else None)
     if s.person not in ("first", "third"):
         raise DataError(f"{where}: field 'person' must be 'first' or 'third', got {s.person!r}")
     if not s.id.startswith(slug(s.emotion) + "-") or not s.id.rsplit("-", 1)[1].isdigit():
@@ -130,15 +132,33 @@ def parse_story(o: dict[str, Any], where: str) -> Story:
     return s
 
 
-def load_stories(data_dir: Path | None = None, emotions: list[str] | None = None) -> list[Story]:
-    """All stories in ``data/stories/`` (or only those of ``emotions``), in emotion-list order."""
+CORPORA = ("v1", "v2", "v2-new")
+
+
+def load_stories(data_dir: Path | None = None, emotions: list[str] | None = None, corpus: str = "v1") -> list[Story]:
+    """The stories of ``corpus`` (or only those of ``emotions``), in emotion-list order, then slot order.
+
+    ``"v1"``: the 12 block-written stories per emotion in ``data/stories/``; ``"v2-new"``: the stories written to
+    the crossed v2 plan (``emolens.data.plan``), from ``data/stories/`` and the per-writer files in
+    ``data/stories_v2/``; ``"v2"``: both.
+    """
+    if corpus not in CORPORA:
+        raise DataError(f"unknown corpus {corpus!r}; allowed: {', '.join(CORPORA)}")
     root = Path(data_dir or DATA_DIR)
     known = [e.emotion for e in load_emotions(root)]
     wanted = known if emotions is None else emotions
     unknown = sorted(set(wanted) - set(known))
     if unknown:
         raise DataError(f"unknown emotion(s) {unknown}; allowed: the {len(known)} words in {root / 'emotions.jsonl'}")
-    out: list[Story] = []
+    keep = set(wanted)
+    found: dict[str, Story] = {}
+
+    def add(s: Story, where: str) -> None:
+        if s.id in found:
+            raise DataError(f"{where}: story id {s.id!r} appears twice")
+        if s.emotion in keep:
+            found[s.id] = s
+
     for emo in wanted:
         path = root / "stories" / f"{slug(emo)}.jsonl"
         if not path.exists():
@@ -147,5 +167,18 @@ def load_stories(data_dir: Path | None = None, emotions: list[str] | None = None
             s = parse_story(o, f"{path}:{n}")
             if s.emotion != emo:
                 raise DataError(f"{path}:{n}: field 'emotion' is {s.emotion!r} in the file for {emo!r}")
-            out.append(s)
+            add(s, f"{path}:{n}")
+    staging = root / "stories_v2"
+    for path in sorted(staging.glob("*.jsonl")) if staging.is_dir() else []:
+        for n, o in read_jsonl(path):
+            s = parse_story(o, f"{path}:{n}")
+            if s.emotion not in known:
+                raise DataError(f"{path}:{n}: unknown emotion {s.emotion!r}")
+            add(s, f"{path}:{n}")
+    order = {e: i for i, e in enumerate(wanted)}
+    out = sorted(found.values(), key=lambda s: (order[s.emotion], s.slot))
+    if corpus == "v1":
+        return [s for s in out if s.slot < STORIES_PER_EMOTION]
+    if corpus == "v2-new":
+        return [s for s in out if s.slot >= STORIES_PER_EMOTION]
     return out
