@@ -46,11 +46,12 @@ def todo(writer: str, n: int = 10, data_dir: Path | None = None) -> list[dict]:
     root = Path(data_dir or DATA_DIR)
     done = {s.id for s in load_stories(root, corpus="v2-new")}
     topics = {t.topic_id: t.topic for t in load_topics(root)}
+    banned = load_banned_words(root)
     out = []
     for s in writer_order(_plan(root), writer):
         if s.id not in done:
             out.append({"id": s.id, "emotion": s.emotion, "person": s.person, "channel": s.channel,
-                        "topic": topics[s.topic_id]})
+                        "topic": topics[s.topic_id], "never_use": list(banned.terms[s.emotion])})
             if len(out) == n:
                 break
     return out
