@@ -13,7 +13,7 @@ NOTEBOOKS ?= all
 .PHONY: setup run test fast benchmark check-data clean-cache
 
 $(PY):
-	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 needed, found " + sys.version'
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed, found " + sys.version'
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(PY)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,14 @@ def select(spec: str) -> list[Path]:
     return chosen
 
 
+_interrupted: list[bool] = []
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    _interrupted.append(True)
+    raise KeyboardInterrupt
+
+
 def execute(path: Path, out_dir: Path, timeout: int) -> float:
     import nbformat
     from nbclient import NotebookClient
@@ -37,6 +46,10 @@ def execute(path: Path, out_dir: Path, timeout: int) -> float:
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
     try:
         client.execute()
+    except Exception:
+        if _interrupted:
+            raise KeyboardInterrupt from None
+        raise
     finally:
         out_dir.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, out_dir / path.name)
@@ -51,6 +64,7 @@ def main() -> int:
     p.add_argument("--timeout", type=int, default=7200, help="seconds per cell")
     p.add_argument("--out", type=Path, default=ROOT / "reports")
     a = p.parse_args()
+    signal.signal(signal.SIGINT, _on_sigint)
     mode = "fast" if os.environ.get("EMOLENS_FAST") == "1" else "full"
     books = select(a.notebooks)
     total = time.perf_counter()
@@ -58,6 +72,11 @@ def main() -> int:
         print(f"[{i}/{len(books)}] {b.name} ({mode}) ...", flush=True)
         try:
             dt = execute(b, a.out, a.timeout)
+        except KeyboardInterrupt:
+            # Ctrl-C reaches the kernel too, so nbclient's own error (a ZMQ or assertion error) would hide it
+            print(f"\n[{i}/{len(books)}] {b.name} interrupted by the user; the partial executed copy is in "
+                  f"{a.out / b.name}", flush=True)
+            return 130
         except Exception as e:  # report which notebook failed, keep the partial executed copy
             print(f"[{i}/{len(books)}] {b.name} FAILED: {type(e).__name__}: {str(e)[-2000:]}", flush=True)
             return 1

@@ -179,7 +179,7 @@ def pooled_means(bridge: Any, spec: ModelSpec, texts: Sequence[str], layers: Any
                  padding_side: str = "right", progress: bool = True, fast: bool = True) -> tuple[Any, Any]:
     """Per-text mean residual over the pooled positions: ``(means[n, L, d] float32, counts[n])``.
 
-    A text with no position in the window gets count 0 and a zero row; callers skip it.
+    A text with no position in the window gets count 0 and a NaN row (with a warning naming it); callers skip it.
     """
     import torch
 
@@ -206,10 +206,11 @@ def pooled_means(bridge: Any, spec: ModelSpec, texts: Sequence[str], layers: Any
         bar.update(len(batch))
     bar.close()
     means = sums / counts.clamp(min=1).view(-1, 1, 1)
-    short = int((counts == 0).sum())
+    short = (counts == 0).nonzero().flatten().tolist()
     if short:
-        warnings.warn(f"{short} of {n} texts have no token in the pooling window {pooling.start}..{pooling.end}; "
-                      "they are skipped", stacklevel=2)
+        means[short] = float("nan")  # never a number: a zero row would enter averages as a real reading
+        warnings.warn(f"{len(short)} of {n} texts have no token in the pooling window {pooling.start}..{pooling.end} "
+                      f"(indices {short[:20]}{'...' if len(short) > 20 else ''}); their rows are NaN", stacklevel=2)
     return means, counts
 
 
@@ -273,7 +274,8 @@ def checkpointed(chunks: int, folder: Path, key: dict[str, Any], compute_chunk: 
                  progress: bool = True) -> list[dict[str, Any]]:
     """Compute ``chunks`` pieces, saving each as it completes, so an interrupted run resumes where it stopped.
 
-    A saved chunk is reused only if its sidecar carries the same ``key``; corrupt chunks are recomputed.
+    A saved chunk is reused only if its sidecar carries the same ``key`` (which must name every setting that
+    shapes a chunk, the chunk size included); corrupt chunks are recomputed.
     """
     from emolens.cache import CacheError, content_hash, load_tensors, save_tensors
 

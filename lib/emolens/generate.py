@@ -21,6 +21,14 @@ def complete(bridge: Any, spec: ModelSpec, prompt: str, max_new_tokens: int = 40
 
     from emolens.fastpath import maybe_hf_internals
 
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError("prompt must be a non-empty string")
+    if not greedy:
+        from emolens.interventions import finite_number
+
+        finite_number("temperature", temperature, positive=True)
     ids = torch.tensor([spec.encode(prompt)], device=spec.device)
     torch.manual_seed(seed)
     with torch.inference_mode(), maybe_hf_internals(bridge, fast) as use_cache, warnings.catch_warnings():

@@ -35,6 +35,46 @@ def residual_norm(bridge: Any, spec: ModelSpec, texts: Sequence[str], layer: int
     return float(torch.cat(norms).median())
 
 
+def finite_number(name: str, value: Any, positive: bool = False) -> float:
+    """``value`` as a float, refusing strings, bools, NaN and inf (and non-positive values when ``positive``)."""
+    import math
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if positive and v <= 0:
+        raise ValueError(f"{name} must be > 0, got {v}")
+    return v
+
+
+def unit_direction(direction: Any, spec: ModelSpec, what: str = "direction") -> Any:
+    """``direction`` as a float32 unit vector of the model's width; refuses NaN/inf and the zero vector."""
+    import torch
+
+    d = torch.as_tensor(direction, dtype=torch.float32).detach().cpu()
+    if d.shape != (spec.d_model,):
+        raise ValueError(f"{what} has shape {tuple(d.shape)}, expected ({spec.d_model},) for {spec.name}")
+    if not torch.isfinite(d).all():
+        raise ValueError(f"{what} contains NaN or inf")
+    n = float(d.norm())
+    if n < 1e-8:
+        raise ValueError(f"{what} is (numerically) zero: it has no direction to steer along or ablate")
+    return d / n
+
+
+def steering_layers(spec: ModelSpec, layers: int | Sequence[int]) -> list[int]:
+    """Layers as block indices (negative counts from the end), each checked against the model's depth."""
+    if isinstance(layers, bool) or isinstance(layers, str):
+        raise TypeError(f"layers must be an int or a sequence of ints, got {layers!r}")
+    out = [layers] if isinstance(layers, int) else list(layers)
+    if not out:
+        raise ValueError("no layers given")
+    return [spec.check_layer(layer) for layer in out]
+
+
 @contextmanager
 def steering(bridge: Any, spec: ModelSpec, direction: Any, layers: int | Sequence[int], alpha: float,
              norm: float, site: str = "resid_post", from_position: int = 0) -> Iterator[None]:
@@ -44,16 +84,12 @@ def steering(bridge: Any, spec: ModelSpec, direction: Any, layers: int | Sequenc
     new token: a one-token pass that follows a longer one (in this context) is read as the next position of
     that sequence, so it is steered once it reaches ``from_position`` (tested against uncached generation).
     """
-    import torch
-
-    layers = [layers] if isinstance(layers, int) else list(layers)
-    for layer in layers:
-        spec.check_layer(layer)
-    direction = torch.as_tensor(direction, dtype=torch.float32)
-    if direction.shape != (spec.d_model,):
-        raise ValueError(f"steering direction has shape {tuple(direction.shape)}, expected ({spec.d_model},)")
-    unit = direction / direction.norm().clamp(min=1e-12)
-    delta = alpha * norm * unit
+    layers = steering_layers(spec, layers)
+    alpha = finite_number("alpha", alpha)
+    norm = finite_number("norm", norm, positive=True)
+    if isinstance(from_position, bool) or not isinstance(from_position, int) or from_position < 0:
+        raise ValueError(f"from_position must be an int >= 0, got {from_position!r}")
+    delta = alpha * norm * unit_direction(direction, spec, "steering direction")
 
     def make_hook() -> Any:
         seen = [0]  # positions so far of the current sequence at this hook
@@ -80,15 +116,12 @@ def steering(bridge: Any, spec: ModelSpec, direction: Any, layers: int | Sequenc
 def ablation(bridge: Any, spec: ModelSpec, direction: Any, layers: int | Sequence[int],
              site: str = "resid_post") -> Iterator[None]:
     """Project ``direction`` out of the residual at ``layers`` (directional ablation)."""
-    import torch
-
-    layers = [layers] if isinstance(layers, int) else list(layers)
-    unit = torch.as_tensor(direction, dtype=torch.float32)
-    unit = unit / unit.norm().clamp(min=1e-12)
+    layers = steering_layers(spec, layers)
+    unit = unit_direction(direction, spec, "ablation direction")
 
     def remove(resid: Any, hook: Any) -> Any:
         u = unit.to(resid.device, resid.dtype)
         return resid - (resid @ u)[..., None] * u
 
-    with bridge.hooks(fwd_hooks=[(hook_name(spec.check_layer(layer), site), remove) for layer in layers]):
+    with bridge.hooks(fwd_hooks=[(hook_name(layer, site), remove) for layer in layers]):
         yield

@@ -10,6 +10,26 @@ from emolens.models.spec import ModelSpec
 MEASURES = ("cosine", "dot")
 
 
+def vector_matrix(vectors: Any, spec: ModelSpec, layer: int) -> Any:
+    """The ``[E, d]`` matrix to read out with: an :class:`~emolens.vectors.EmotionVectors` (checked to come from
+    ``spec``'s model, taken at ``layer``) or a plain ``[E, d]`` tensor of directions (checked for width and
+    finite values)."""
+    import torch
+
+    from emolens.vectors import EmotionVectors
+
+    if isinstance(vectors, EmotionVectors):
+        vectors.check_model(spec)
+        return vectors.at(layer)
+    m = torch.as_tensor(vectors)
+    if m.dim() != 2 or m.shape[-1] != spec.d_model:
+        raise ValueError(f"readout vectors must be [n_emotions, {spec.d_model}] for {spec.name}, "
+                         f"got shape {tuple(m.shape)}")
+    if not torch.isfinite(m).all():
+        raise ValueError("readout vectors contain NaN or inf")
+    return m
+
+
 def project(x: Any, vectors: Any, measure: str = "cosine") -> Any:
     """``x [..., d]`` against ``vectors [E, d]`` -> ``[..., E]``; dot uses unit vectors, so it is in residual units."""
     import torch
@@ -26,17 +46,24 @@ def project(x: Any, vectors: Any, measure: str = "cosine") -> Any:
 def token_readout(bridge: Any, spec: ModelSpec, text: str, vectors: Any, layer: int,
                   measure: str = "cosine") -> tuple[list[str], Any]:
     """Per-token readout ``[T, E]`` of ``text`` at ``layer`` and the token strings."""
+    m = vector_matrix(vectors, spec, layer)
     ids, res = token_residuals(bridge, spec, text, [layer])
     toks = [spec.tokenizer.decode([i]) for i in ids]
-    return toks, project(res[:, 0], vectors, measure)
+    return toks, project(res[:, 0], m, measure)
 
 
 def pooled_readout(bridge: Any, spec: ModelSpec, texts: Sequence[str], vectors: Any, layer: int,
                    start: int = 0, measure: str = "cosine", batch_size: int = 8) -> Any:
-    """Readout ``[n, E]`` of each text's mean residual over its own tokens from ``start`` on."""
-    means, _ = pooled_means(bridge, spec, texts, [layer], Pooling(start=start), batch_size=batch_size,
-                            progress=False)
-    return project(means[:, 0], vectors, measure)
+    """Readout ``[n, E]`` of each text's mean residual over its own tokens from ``start`` on.
+
+    A text with no token at or after ``start`` has a row of NaN (and a warning names it), never a number.
+    """
+    m = vector_matrix(vectors, spec, layer)
+    means, counts = pooled_means(bridge, spec, texts, [layer], Pooling(start=start), batch_size=batch_size,
+                                 progress=False)
+    out = project(means[:, 0], m, measure)
+    out[counts == 0] = float("nan")
+    return out
 
 
 def position_activations(bridge: Any, spec: ModelSpec, sequences: Sequence[Sequence[int]],
@@ -60,7 +87,8 @@ def position_activations(bridge: Any, spec: ModelSpec, sequences: Sequence[Seque
 def colon_readout(bridge: Any, spec: ModelSpec, user_messages: Sequence[str], vectors: Any, layer: int,
                   measure: str = "cosine", system: str | None = None) -> Any:
     """Readout ``[n, E]`` at the Assistant colon of each one-message exchange (paper Figures 2 and 3)."""
-    return project(colon_activations(bridge, spec, user_messages, layer, system), vectors, measure)
+    m = vector_matrix(vectors, spec, layer)
+    return project(colon_activations(bridge, spec, user_messages, layer, system), m, measure)
 
 
 def colon_activations(bridge: Any, spec: ModelSpec, user_messages: Sequence[str], layer: int,
@@ -76,5 +104,5 @@ def colon_activations(bridge: Any, spec: ModelSpec, user_messages: Sequence[str]
     return position_activations(bridge, spec, seqs, pos, [layer])[:, 0]
 
 
-__all__ = ["MEASURES", "colon_activations", "colon_readout", "pooled_readout", "position_activations", "project", "special_ids",
-           "token_readout"]
+__all__ = ["MEASURES", "colon_activations", "colon_readout", "pooled_readout", "position_activations", "project",
+           "special_ids", "token_readout", "vector_matrix"]

@@ -32,22 +32,31 @@ def story_activations(bridge: Any, spec: ModelSpec, texts: Sequence[str], layers
     key = dict(_model_key(spec), layers=layers, pooling=pooling.as_dict(), site=site,
                texts=content_hash(list(texts)))
     root = Path(folder or cache_dir() / "activations")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    n_chunks = max(1, -(-len(texts) // chunk_size))
+    # the chunking is part of the checkpoint key: chunks cut at another size never mix
+    ck_key = dict(key, chunk_size=chunk_size, n_chunks=n_chunks)
 
     def compute() -> tuple[dict[str, Any], dict[str, Any]]:
-        n_chunks = max(1, -(-len(texts) // chunk_size))
 
         def one(c: int) -> dict[str, Any]:
             part = texts[c * chunk_size:(c + 1) * chunk_size]
             m, k = pooled_means(bridge, spec, part, layers, pooling, site, batch_size, progress=progress)
             return {"means": m, "counts": k}
 
-        parts = checkpointed(n_chunks, root / "checkpoints", key, one, progress)
+        parts = checkpointed(n_chunks, root / "checkpoints", ck_key, one, progress)
         means = torch.cat([p["means"] for p in parts])
         counts = torch.cat([p["counts"] for p in parts])
         return {"means": means, "counts": counts}, {"n_texts": len(texts)}
 
-    t, _ = cached("activations", key, compute, folder=root, refresh=refresh)
-    tag = content_hash(key)
+    def check(t: dict[str, Any], meta: dict[str, Any]) -> None:
+        want = (len(texts), len(layers), spec.d_model)
+        if tuple(t["means"].shape) != want or tuple(t["counts"].shape) != (len(texts),):
+            raise ValueError(f"activations have shape {tuple(t['means'].shape)}, expected {want}: not cached")
+
+    t, _ = cached("activations", key, compute, folder=root, refresh=refresh, check=check)
+    tag = content_hash(ck_key)
     for stale in (root / "checkpoints").glob(f"{tag}-chunk*"):
         stale.unlink()  # the assembled result is stored; its chunks are no longer needed
     return t["means"], t["counts"]

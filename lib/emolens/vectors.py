@@ -84,14 +84,45 @@ class EmotionVectors:
     neutral_pcs: list[Any]  # per layer, [k_l, d]
     settings: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    centre: Any = None  # [L, d] mean of the raw means over the emotions the vectors were built from
 
     def __post_init__(self) -> None:
         E, L = len(self.emotions), len(self.layers)
         if tuple(self.vectors.shape[:2]) != (E, L) or self.raw.shape != self.vectors.shape:
             raise ValueError(f"vector shapes {tuple(self.vectors.shape)} do not match {E} emotions x {L} layers")
+        if len(set(self.emotions)) != E:
+            raise ValueError("emotion names must be unique")
+        if self.centre is None:
+            self.centre = self.raw.mean(0)
+
+    # ---- identity -----------------------------------------------------------------------------------
+    @property
+    def model(self) -> str | None:
+        """The name of the model these vectors were read from (``provenance['model']``)."""
+        return self.provenance.get("model")
+
+    def check_model(self, spec: Any) -> None:
+        """Refuse to be used with another model than the one that made these vectors."""
+        if self.model is None:
+            raise ValueError("these vectors carry no model identity (provenance['model'] is missing), so they cannot be "
+                             f"checked against {spec.name!r}; build them with the model's spec")
+        if self.model != spec.name:
+            raise ValueError(f"these vectors were read from {self.model!r}; they cannot be used with {spec.name!r}")
+        if self.vectors.shape[-1] != spec.d_model:
+            raise ValueError(f"vectors have width {self.vectors.shape[-1]}, {spec.name} has d_model {spec.d_model}")
 
     # ---- access -------------------------------------------------------------------------------------
     def layer_index(self, layer: int) -> int:
+        """Position of ``layer`` in ``self.layers``. Layers are 0-indexed blocks of the model; as everywhere in
+        emolens, a negative layer counts from the model's end (-1 is its last block)."""
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"layer must be an int (a block index), got {layer!r} of type {type(layer).__name__}")
+        if layer < 0:
+            n = self.provenance.get("n_layers")
+            if n is None:
+                raise ValueError(f"layer {layer}: a negative layer needs the model's depth, which these vectors do "
+                                 f"not record; give one of {self.layers}")
+            layer += int(n)
         if layer not in self.layers:
             raise ValueError(f"layer {layer} not in these vectors; available: {self.layers}")
         return self.layers.index(layer)
@@ -107,22 +138,26 @@ class EmotionVectors:
         x = self.vectors[:, j] if denoised else self.centred_raw()[:, j]
         return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12) if unit else x
 
-    def vector(self, emotion: str, layer: int, unit: bool = True) -> Any:
+    def vector(self, emotion: str, layer: int, unit: bool = False) -> Any:
+        """One emotion's ``[d]`` vector at ``layer`` (same defaults as :meth:`at`)."""
         return self.at(layer, unit=unit)[self.emotion_index(emotion)]
 
     def centred_raw(self) -> Any:
-        return self.raw - self.raw.mean(0, keepdim=True)
+        """Raw means minus the centre of the emotions the vectors were built from."""
+        return self.raw - self.centre[None]
 
     def subset(self, emotions: Sequence[str]) -> "EmotionVectors":
+        """The same vectors for fewer emotions. Nothing is recomputed: raw and denoised views both stay centred
+        on the full set they were built from (so a subset's vectors equal the full set's rows)."""
         idx = [self.emotion_index(e) for e in emotions]
         return EmotionVectors(list(emotions), list(self.layers), self.raw[idx], self.vectors[idx],
-                              self.neutral_pcs, dict(self.settings), dict(self.provenance))
+                              self.neutral_pcs, dict(self.settings), dict(self.provenance), self.centre)
 
     # ---- storage ------------------------------------------------------------------------------------
     def save(self, path: Path) -> Path:
         """Safetensors plus a JSON sidecar (names, layers, settings, provenance); never a pickle."""
         path = Path(path).with_suffix(".safetensors")
-        tensors = {"raw": self.raw, "vectors": self.vectors}
+        tensors = {"raw": self.raw, "vectors": self.vectors, "centre": self.centre}
         tensors.update({f"neutral_pcs.{layer}": pc for layer, pc in zip(self.layers, self.neutral_pcs)})
         save_tensors(path, tensors, {"format": FORMAT_VERSION, "emotions": self.emotions, "layers": self.layers,
                                      "settings": self.settings, "provenance": self.provenance})
@@ -130,13 +165,16 @@ class EmotionVectors:
 
     @classmethod
     def load(cls, path: Path, expect_model: str | None = None) -> "EmotionVectors":
+        """Load vectors saved by :meth:`save`. The sidecar (names, layers, settings, provenance) is covered by its
+        digest, so an edited file is refused. The model is checked here when ``expect_model`` is given, and in any
+        case by every call that takes both a model and vectors (:meth:`check_model`)."""
         t, meta = load_tensors(Path(path).with_suffix(".safetensors"))
         model = meta.get("provenance", {}).get("model")
         if expect_model is not None and model != expect_model:
             raise ValueError(f"{path} holds vectors of model {model!r}, not {expect_model!r}")
         layers = meta["layers"]
         return cls(meta["emotions"], layers, t["raw"], t["vectors"], [t[f"neutral_pcs.{layer}"] for layer in layers],
-                   meta["settings"], meta["provenance"])
+                   meta["settings"], meta["provenance"], t.get("centre"))
 
 
 def build_emotion_vectors(story_means: Any, counts: Any, labels: Sequence[str], emotions: Sequence[str],
@@ -162,4 +200,4 @@ def build_emotion_vectors(story_means: Any, counts: Any, labels: Sequence[str], 
         vecs[:, j] = project_out(centred[:, j], pc)
     st = dict(settings or {}, variance_fraction=variance_fraction, n_components=n_components, weighting=weighting,
               skipped_stories=skipped, n_stories=int((counts > 0).sum()))
-    return EmotionVectors(list(emotions), list(layers), raw, vecs, pcs, st, dict(provenance or {}))
+    return EmotionVectors(list(emotions), list(layers), raw, vecs, pcs, st, dict(provenance or {}), raw.mean(0))

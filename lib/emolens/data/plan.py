@@ -16,10 +16,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from emolens.data.records import N_TOPICS, STORIES_PER_EMOTION
+from emolens.data.records import CHANNELS, N_TOPICS, STORIES_PER_EMOTION
 
-# The paper's five ways a story can carry a feeling (our short names).
-CHANNELS = ("action", "body", "speech", "thought", "setting")
 CHANNEL_MEANING = {
     "action": "what the character does: gestures, choices, pace, how they handle things",
     "body": "what the character's body feels: breath, temperature, muscles, stomach, energy",

@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 STORIES_PER_EMOTION = 12
 N_TOPICS = 100
+CHANNELS = ("action", "body", "speech", "thought", "setting")  # the paper's five narrative channels
 TOPIC_STRIDE = 8  # story j of emotion i uses topic (i + 8 j) % 100: every emotion spans the topic list
 
 
@@ -125,6 +126,8 @@ def parse_story(o: dict[str, Any], where: str) -> Story:
     s = Story(field(o, "id", str, where), field(o, "emotion", str, where), field(o, "topic_id", int, where),
               field(o, "person", str, where), field(o, "text", str, where), field(o, "author", str, where),
               field(o, "channel", str, where) if "channel" in o else None)
+    if s.channel is not None and s.channel not in CHANNELS:
+        raise DataError(f"{where}: field 'channel' must be one of {CHANNELS}, got {s.channel!r}")
     if s.person not in ("first", "third"):
         raise DataError(f"{where}: field 'person' must be 'first' or 'third', got {s.person!r}")
     if not s.id.startswith(slug(s.emotion) + "-") or not s.id.rsplit("-", 1)[1].isdigit():

