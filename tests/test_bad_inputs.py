@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from emolens.cache import CacheError, cached, load_tensors, save_tensors
-from emolens.extract import Pooling
+from emolens.activations import Pooling
 from emolens.interventions import ablation, steering
 from emolens.models.spec import ModelError
 from emolens.provenance import provenance
-from emolens.recipe import story_activations
+from emolens.vectors import story_activations
 from emolens.vectors import EmotionVectors, build_emotion_vectors
 
 
@@ -37,7 +37,7 @@ def _vectors(spec, emotions=("a", "b", "c"), layers=(0, 1), model=None, seed=0):
 def test_resume_with_another_chunk_size_never_mixes(tiny_llama, sample_texts, isolated_cache, monkeypatch):
     bridge, spec = tiny_llama
     texts = sample_texts * 8  # 48 texts
-    import emolens.recipe as recipe
+    import emolens.vectors.recipe as recipe
 
     real = recipe.pooled_means
     calls = {"n": 0}

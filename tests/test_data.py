@@ -49,10 +49,10 @@ def _write(p, rows):
 def test_bad_files_name_file_line_and_field(tmp_path):
     import shutil
 
-    from emolens.data.records import DATA_DIR
+    from emolens.paths import data_dir
 
     for f in ("emotions.jsonl", "topics.jsonl"):
-        shutil.copy(DATA_DIR / f, tmp_path / f)
+        shutil.copy(data_dir() / f, tmp_path / f)
     (tmp_path / "stories").mkdir()
     good = {"id": "afraid-00", "emotion": "afraid", "topic_id": 0, "person": "first", "text": "x", "author": "t"}
     _write(tmp_path / "stories" / "afraid.jsonl", [good, dict(good, id="afraid-01", topic_id="eight")])
@@ -71,10 +71,10 @@ def test_bad_files_name_file_line_and_field(tmp_path):
 def test_checker_catches_leaks_lengths_plan_and_duplicates(tmp_path):
     import shutil
 
-    from emolens.data.records import DATA_DIR
+    from emolens.paths import data_dir
 
     for f in ("emotions.jsonl", "topics.jsonl"):
-        shutil.copy(DATA_DIR / f, tmp_path / f)
+        shutil.copy(data_dir() / f, tmp_path / f)
     (tmp_path / "stories").mkdir()
     _write(tmp_path / "banned_words.jsonl", [{"emotion": "afraid", "banned": ["afraid", "fear*"]}])
     words = " ".join(f"word{i}" for i in range(100))

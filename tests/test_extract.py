@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emolens.extract import (Pooling, length_batches, neutral_statistics, pool_positions, pooled_means,
+from emolens.activations import (Pooling, length_batches, neutral_statistics, pool_positions, pooled_means,
                              special_ids, token_residuals)
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from emolens.geometry import (anchors_for, cluster_order, cosine_matrix, geometry_summary, pca,
+from emolens.analyses.geometry import (anchors_for, cluster_order, cosine_matrix, geometry_summary, pca,
                               second_order_similarity)
-from emolens.ratings import Rating, match_ratings
+from emolens.data.ratings import Rating, match_ratings
 
 
 def test_pca_signs_follow_anchors_not_ratings():
@@ -55,7 +55,7 @@ def test_ratings_matching_rules():
 
 def test_warriner_loads_when_installed():
     pytest.importorskip("numpy")
-    from emolens.ratings import load_warriner, warriner_path
+    from emolens.data.ratings import load_warriner, warriner_path
 
     try:
         warriner_path()
@@ -65,12 +65,23 @@ def test_warriner_loads_when_installed():
     assert len(norms) > 13000 and norms["calm"][1] < norms["afraid"][1]
 
 
-def test_logit_lens_shapes(tiny_llama):
-    from emolens.lens import logit_lens
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_logit_lens_is_v_times_unembedding(arch):
+    from emolens.models import tiny_model
+    from emolens.readout import logit_lens
 
-    bridge, spec = tiny_llama
-    out = logit_lens(bridge, spec, torch.randn(spec.d_model), k=3)
-    assert len(out["up"]) == 3 and len(out["down"]) == 3 and set(out["up"]).isdisjoint(out["down"])
+    bridge, spec = tiny_model(arch, seed=3)
+    hf = bridge.original_model
+    W = hf.get_output_embeddings().weight.detach().float()  # [vocab, d]
+    w = hf.model.norm.weight.detach().float()
+    scale = 1 + w if arch == "gemma3" else w  # Gemma's RMSNorm multiplies by (1 + weight)
+    v = torch.randn(spec.d_model, generator=torch.Generator().manual_seed(0))
+    for final_norm, vv in ((False, v), (True, v * scale)):
+        logits = W @ vv
+        out = logit_lens(bridge, spec, v, k=4, final_norm=final_norm)
+        assert out["up_ids"] == logits.topk(4).indices.tolist()
+        assert out["down_ids"] == (-logits).topk(4).indices.tolist()
+        assert out["up"] == [spec.tokenizer.decode([i]) for i in out["up_ids"]]  # decoded text, not byte tokens
 
 
 def test_trace_display():

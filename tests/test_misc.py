@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from emolens.classify import loo_centroid_scores, rank_of_true, topk_accuracy
+from emolens.analyses.validation import loo_centroid_scores, rank_of_true, topk_accuracy
 from emolens.stats import bootstrap, correlation, random_directions
 
 

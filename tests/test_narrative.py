@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emolens.narrative import (group_means, narrative_features, random_direction_null, within_group_r,
+from emolens.analyses.narrative import (group_means, narrative_features, random_direction_null, within_group_r,
                                within_groups)
 
 
@@ -36,7 +36,7 @@ def test_planted_direction_beats_random_null():
 
 
 def test_components_vs_feature_finds_the_planted_component():
-    from emolens.narrative import components_vs_feature
+    from emolens.analyses.narrative import components_vs_feature
 
     texts = ["Her chest and hands shook.", "He said nothing.", "My legs ached, my back too.", "We walked home."]
     labels, emotions = ["a", "b", "a", "b"], ["a", "b"]
@@ -49,7 +49,7 @@ def test_components_vs_feature_finds_the_planted_component():
 def test_body_words_hold_no_emotion_vocabulary():
     from emolens.data import load_emotions
     from emolens.data.leaks import load_banned_words
-    from emolens.narrative import BODY_WORDS
+    from emolens.analyses.narrative import BODY_WORDS
 
     assert not BODY_WORDS & {e.emotion for e in load_emotions()}
     banned = load_banned_words()

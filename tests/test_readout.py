@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from emolens.extract import token_residuals
+from emolens.activations import token_residuals
 from emolens.readout import colon_activations, project, token_readout
 
 

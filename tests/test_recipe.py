@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emolens.extract import Pooling
-from emolens.recipe import extract_emotion_vectors, story_activations
+from emolens.activations import Pooling
+from emolens.vectors import emotion_vectors, story_activations
 from emolens.vectors import EmotionVectors
 
 LABELS = ["a", "b", "a", "b", "a", "b"]
@@ -17,7 +17,7 @@ def test_resume_after_interruption_gives_same_result(tiny_llama, sample_texts, i
     full, full_counts = story_activations(bridge, spec, sample_texts, None, Pooling(start=2), chunk_size=2,
                                           progress=False, folder=isolated_cache / "ref")
 
-    import emolens.recipe as recipe
+    import emolens.vectors.recipe as recipe
 
     real = recipe.pooled_means
     calls = {"n": 0}
@@ -49,7 +49,7 @@ def test_resume_after_interruption_gives_same_result(tiny_llama, sample_texts, i
 
 def test_cache_hit_and_invalidation(tiny_llama, sample_texts, isolated_cache, monkeypatch):
     bridge, spec = tiny_llama
-    import emolens.recipe as recipe
+    import emolens.vectors.recipe as recipe
 
     real = recipe.pooled_means
     calls = {"n": 0}
@@ -83,7 +83,7 @@ def test_corrupt_cache_is_recomputed(tiny_llama, sample_texts, isolated_cache):
 
 def test_vectors_roundtrip_and_model_check(tiny_llama, sample_texts, isolated_cache):
     bridge, spec = tiny_llama
-    ev = extract_emotion_vectors(bridge, spec, sample_texts, LABELS, sample_texts[:3], pooling=Pooling(start=2),
+    ev = emotion_vectors(bridge, spec, sample_texts, LABELS, sample_texts[:3], pooling=Pooling(start=2),
                                  progress=False, folder=isolated_cache / "c")
     assert ev.vectors.shape == (2, spec.n_layers, spec.d_model)
     assert ev.provenance["model"] == spec.name
@@ -98,5 +98,5 @@ def test_vectors_roundtrip_and_model_check(tiny_llama, sample_texts, isolated_ca
 def test_emotion_without_stories_is_an_error(tiny_llama, sample_texts, isolated_cache):
     bridge, spec = tiny_llama
     with pytest.raises(ValueError, match="no stories"):
-        extract_emotion_vectors(bridge, spec, sample_texts, LABELS, None, emotions=["a", "b", "c"],
+        emotion_vectors(bridge, spec, sample_texts, LABELS, None, emotions=["a", "b", "c"],
                                 progress=False, folder=isolated_cache / "c")

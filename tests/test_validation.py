@@ -10,8 +10,8 @@ import torch
 
 from emolens.data import DataError
 from emolens.data.sets import load_all_sets, load_minimal_pairs
-from emolens.generate import parse_stories, story_prompt
-from emolens.validation import heldout_scores, topic_folds
+from emolens.data.generation import parse_stories, story_prompt
+from emolens.analyses.validation import heldout_scores, topic_folds
 
 
 def test_heldout_recovers_planted_emotions_and_never_sees_test_topics():

@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-from emolens.extract import forward_layers, hook_name, pool_positions, special_ids
+from emolens.activations import forward_layers, hook_name, pool_positions, special_ids
 from emolens.models.spec import ModelSpec
 
 
@@ -65,6 +65,24 @@ def unit_direction(direction: Any, spec: ModelSpec, what: str = "direction") -> 
     return d / n
 
 
+def orthonormal_basis(directions: Any, spec: ModelSpec) -> Any:
+    """``[k, d]`` orthonormal rows spanning ``directions`` (``[d]`` or ``[k, d]``); refuses NaN, zero rows and
+    rows that add no new dimension (a basis that silently lost a direction would ablate less than asked)."""
+    import torch
+
+    d = torch.as_tensor(directions, dtype=torch.float32).detach().cpu()
+    rows = d[None] if d.dim() == 1 else d
+    if rows.dim() != 2 or rows.shape[0] == 0:
+        raise ValueError(f"ablation directions must be [d] or [k, d], got shape {tuple(d.shape)}")
+    for i, r in enumerate(rows):
+        unit_direction(r, spec, f"ablation direction {i}" if rows.shape[0] > 1 else "ablation direction")
+    q, r = torch.linalg.qr(rows.double().T)
+    diag = r.diagonal().abs()
+    if (diag < 1e-6 * diag.max()).any():
+        raise ValueError(f"the {rows.shape[0]} ablation directions are linearly dependent: give independent rows")
+    return q.T.float()
+
+
 def steering_layers(spec: ModelSpec, layers: int | Sequence[int]) -> list[int]:
     """Layers as block indices (negative counts from the end), each checked against the model's depth."""
     if isinstance(layers, bool) or isinstance(layers, str):
@@ -115,13 +133,14 @@ def steering(bridge: Any, spec: ModelSpec, direction: Any, layers: int | Sequenc
 @contextmanager
 def ablation(bridge: Any, spec: ModelSpec, direction: Any, layers: int | Sequence[int],
              site: str = "resid_post") -> Iterator[None]:
-    """Project ``direction`` out of the residual at ``layers`` (directional ablation)."""
+    """Project ``direction`` (``[d]``) or the span of a subspace's rows (``[k, d]``) out of the residual at
+    ``layers`` (directional ablation); the rows are orthonormalised here."""
     layers = steering_layers(spec, layers)
-    unit = unit_direction(direction, spec, "ablation direction")
+    basis = orthonormal_basis(direction, spec)
 
     def remove(resid: Any, hook: Any) -> Any:
-        u = unit.to(resid.device, resid.dtype)
-        return resid - (resid @ u)[..., None] * u
+        q = basis.to(resid.device, resid.dtype)  # [k, d]
+        return resid - (resid @ q.T) @ q
 
     with bridge.hooks(fwd_hooks=[(hook_name(layer, site), remove) for layer in layers]):
         yield

@@ -1,4 +1,6 @@
-"""Where things live: the repository's folders and the cache (``EMOLENS_CACHE``, default ``~/.cache/emolens``)."""
+"""Where things live: the repository's folders and the cache. Each is read at call time from its environment
+variable, so tests and forks can point it elsewhere: ``EMOLENS_DATA`` (default ``data/``), ``EMOLENS_FIGURES``
+(default ``figures/``), ``EMOLENS_CACHE`` (default ``~/.cache/emolens``)."""
 
 from __future__ import annotations
 
@@ -6,9 +8,15 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FIGURES_DIR = Path(os.environ.get("EMOLENS_FIGURES", REPO_ROOT / "figures"))
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("EMOLENS_DATA", REPO_ROOT / "data"))
+
+
+def figures_dir() -> Path:
+    return Path(os.environ.get("EMOLENS_FIGURES", REPO_ROOT / "figures"))
 
 
 def cache_dir() -> Path:
-    """The cache root; read at call time so tests can point it elsewhere."""
     return Path(os.environ.get("EMOLENS_CACHE", Path.home() / ".cache" / "emolens"))

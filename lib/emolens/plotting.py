@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from emolens.paths import FIGURES_DIR
+from emolens.paths import figures_dir
 
 # Paper cluster colours (Figure 6), used wherever emotions are coloured by cluster.
 CLUSTER_COLOURS = {
@@ -25,12 +25,6 @@ def use_house_style() -> None:
     import matplotlib
 
     matplotlib.rcParams.update(HOUSE_STYLE)
-
-
-def figures_dir() -> Path:
-    import os
-
-    return Path(os.environ.get("EMOLENS_FIGURES", FIGURES_DIR))
 
 
 def save_figure(fig: Any, name: str, data: dict[str, Any] | None = None) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from emolens.extract import Pooling, forward_layers, pooled_means, special_ids, token_residuals
+from emolens.activations import Pooling, forward_layers, pooled_means, special_ids, token_residuals
 from emolens.models.spec import ModelSpec
 
 MEASURES = ("cosine", "dot")
@@ -71,7 +71,7 @@ def position_activations(bridge: Any, spec: ModelSpec, sequences: Sequence[Seque
     """Residuals ``[n, L, d]`` of each token sequence at one position each (e.g. its Assistant colon)."""
     import torch
 
-    from emolens.extract import length_batches
+    from emolens.activations import length_batches
 
     out = torch.zeros((len(sequences), len(layers), spec.d_model))
     li = {layer: j for j, layer in enumerate(layers)}
@@ -104,5 +104,38 @@ def colon_activations(bridge: Any, spec: ModelSpec, user_messages: Sequence[str]
     return position_activations(bridge, spec, seqs, pos, [layer])[:, 0]
 
 
+# ---- logit lens (paper Table 1): which tokens a vector promotes and suppresses through the unembedding ----
+
+
+def unembedding(bridge: Any) -> tuple[Any, Any | None]:
+    """``(W_U [d, vocab], final-norm weight [d] or None)`` of a bridged model."""
+    hf = bridge.original_model
+    W = hf.get_output_embeddings().weight.detach().float().T  # [d, vocab]
+    norm = getattr(getattr(hf, "model", hf), "norm", None)
+    w = getattr(norm, "weight", None)
+    if w is not None:
+        w = w.detach().float()
+        # Gemma's RMSNorm scales by (1 + weight); Llama's by weight. Ask the config, not the module's class:
+        # inside a TransformerBridge the norm is a bridge component whose class name is not Gemma's.
+        if str(getattr(hf.config, "model_type", "")).startswith("gemma"):
+            w = 1 + w
+    return W, w
+
+
+def logit_lens(bridge: Any, spec: Any, vector: Any, k: int = 5, final_norm: bool = True) -> dict[str, list[str]]:
+    """Top-``k`` and bottom-``k`` tokens of ``vector @ W_U``; with ``final_norm`` the final norm's per-dimension
+    scale is applied first (for a single direction RMS normalisation itself only rescales)."""
+    W, w = unembedding(bridge)
+    v = vector.float()
+    if final_norm and w is not None:
+        v = v * w
+    logits = v @ W
+    top = logits.topk(k).indices.tolist()
+    bottom = (-logits).topk(k).indices.tolist()
+    # decoded text, not byte-level token strings (which show "âĢĻ" for an apostrophe)
+    dec = spec.tokenizer.decode
+    return {"up": [dec([i]) for i in top], "down": [dec([i]) for i in bottom], "up_ids": top, "down_ids": bottom}
+
+
 __all__ = ["MEASURES", "colon_activations", "colon_readout", "pooled_readout", "position_activations", "project",
-           "special_ids", "token_readout", "vector_matrix"]
+           "special_ids", "token_readout", "vector_matrix", "logit_lens", "unembedding"]

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from emolens.plotting import _plain, figures_dir
+from emolens.paths import figures_dir
+from emolens.plotting import _plain
 
 
 def results_path(notebook: str) -> Path:

@@ -78,6 +78,11 @@ def random_directions(n: int, d: int, seed: int = 0) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def sem(x: Any) -> float:
-    x = np.asarray(x, float)
-    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+def cosine(x: Any, y: Any) -> np.ndarray:
+    """Cosine similarity ``[n, m]`` of the rows of ``x [n, d]`` with the rows of ``y [m, d]`` (numpy, float64)."""
+    x = x.detach().cpu().numpy() if hasattr(x, "detach") else x
+    y = y.detach().cpu().numpy() if hasattr(y, "detach") else y
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    x = x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+    y = y / np.clip(np.linalg.norm(y, axis=1, keepdims=True), 1e-12, None)
+    return x @ y.T

@@ -1,7 +1,6 @@
 """Typed loaders, the topic plan and validators for the corpus in ``data/``."""
 
 from emolens.data.records import (
-    DATA_DIR,
     DataError,
     Emotion,
     Story,
@@ -15,7 +14,6 @@ from emolens.data.records import (
 from emolens.data.leaks import BannedWords, load_banned_words
 
 __all__ = [
-    "DATA_DIR",
     "BannedWords",
     "DataError",
     "Emotion",

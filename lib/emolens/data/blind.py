@@ -11,7 +11,8 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
-from emolens.data.records import DATA_DIR, DataError, Story, field, load_emotions, read_jsonl
+from emolens.paths import data_dir as repo_data_dir
+from emolens.data.records import DataError, Story, field, load_emotions, read_jsonl
 
 BLIND_FILE = "blind_read.jsonl"
 
@@ -23,7 +24,7 @@ def blind_sample(stories: Sequence[Story], n: int = 180, seed: int = 2026) -> li
 
 
 def load_blind_labels(data_dir: Path | None = None) -> dict[str, list[str]]:
-    path = Path(data_dir or DATA_DIR) / BLIND_FILE
+    path = Path(data_dir or repo_data_dir()) / BLIND_FILE
     known = {e.emotion for e in load_emotions(data_dir)}
     out = {}
     for n, o in read_jsonl(path):

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field as dfield
 from itertools import combinations
 from pathlib import Path
 
+from emolens.paths import data_dir as repo_data_dir
 from emolens.data.leaks import load_banned_words
 from emolens.data.records import (
-    DATA_DIR,
+
     STORIES_PER_EMOTION,
     load_emotions,
     load_stories,
@@ -96,7 +97,7 @@ def repeated_phrases(texts: dict[str, str], k: int = 6, min_count: int = 4) -> l
 
 def check_corpus(data_dir: Path | None = None, emotions: list[str] | None = None,
                  banned_file: Path | None = None) -> Report:
-    root = Path(data_dir or DATA_DIR)
+    root = Path(data_dir or repo_data_dir())
     rep = Report()
     emos = load_emotions(root)
     n_topics = len(load_topics(root))

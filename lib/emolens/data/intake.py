@@ -12,10 +12,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from emolens.paths import data_dir as repo_data_dir
 from emolens.data.check import MAX_WORDS, MIN_WORDS, jaccard, shingles, words
 from emolens.data.leaks import load_banned_words
 from emolens.data.plan import V2_WRITERS, Slot, v2_plan, writer_order
-from emolens.data.records import DATA_DIR, DataError, load_emotions, load_stories, load_topics, read_jsonl
+from emolens.data.records import DataError, load_emotions, load_stories, load_topics, read_jsonl
 
 # Stock phrases STYLE.md asks writers to avoid; a story containing one is sent back.
 STOCK_PHRASES = ("knot in my stomach", "knot in her stomach", "knot in his stomach", "heart pounding",
@@ -34,7 +35,7 @@ def normalise_quotes(text: str) -> str:
 
 
 def staging_path(writer: str, data_dir: Path | None = None) -> Path:
-    return Path(data_dir or DATA_DIR) / "stories_v2" / f"{writer}.jsonl"
+    return Path(data_dir or repo_data_dir()) / "stories_v2" / f"{writer}.jsonl"
 
 
 def _plan(root: Path) -> list[Slot]:
@@ -43,7 +44,7 @@ def _plan(root: Path) -> list[Slot]:
 
 def todo(writer: str, n: int = 10, data_dir: Path | None = None) -> list[dict]:
     """The writer's next ``n`` unwritten slots, with the topic's text, in the writer's order."""
-    root = Path(data_dir or DATA_DIR)
+    root = Path(data_dir or repo_data_dir())
     done = {s.id for s in load_stories(root, corpus="v2-new")}
     topics = {t.topic_id: t.topic for t in load_topics(root)}
     banned = load_banned_words(root)
@@ -62,7 +63,7 @@ def add(writer: str, submitted: Path, data_dir: Path | None = None) -> tuple[int
 
     Returns (number stored, list of rejections with reasons). Nothing is stored for a rejected line.
     """
-    root = Path(data_dir or DATA_DIR)
+    root = Path(data_dir or repo_data_dir())
     if writer not in V2_WRITERS:
         raise DataError(f"unknown v2 writer {writer!r}; allowed: {', '.join(V2_WRITERS)}")
     plan = {s.id: s for s in _plan(root)}
@@ -139,7 +140,7 @@ def add(writer: str, submitted: Path, data_dir: Path | None = None) -> tuple[int
 
 def status(data_dir: Path | None = None) -> dict[str, tuple[int, int]]:
     """Per writer: (written, planned)."""
-    root = Path(data_dir or DATA_DIR)
+    root = Path(data_dir or repo_data_dir())
     plan = _plan(root)
     have = Counter(s.author for s in load_stories(root, corpus="v2-new"))
     want = Counter(s.writer for s in plan)

@@ -6,7 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from emolens.data.records import DATA_DIR, DataError, field, read_jsonl
+from emolens.paths import data_dir as repo_data_dir
+from emolens.data.records import DataError, field, read_jsonl
 
 
 def _pattern(term: str) -> str:
@@ -41,7 +42,7 @@ class BannedWords:
 
 
 def load_banned_words(data_dir: Path | None = None, path: Path | None = None) -> BannedWords:
-    path = Path(path) if path else Path(data_dir or DATA_DIR) / "banned_words.jsonl"
+    path = Path(path) if path else Path(data_dir or repo_data_dir()) / "banned_words.jsonl"
     terms: dict[str, tuple[str, ...]] = {}
     for n, o in read_jsonl(path):
         w = f"{path}:{n}"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+from emolens.paths import data_dir as repo_data_dir
 
 STORIES_PER_EMOTION = 12
 N_TOPICS = 100
@@ -14,14 +15,6 @@ CHANNELS = ("action", "body", "speech", "thought", "setting")  # the paper's fiv
 TOPIC_STRIDE = 8  # story j of emotion i uses topic (i + 8 j) % 100: every emotion spans the topic list
 
 
-def _default_data_dir() -> Path:
-    env = os.environ.get("EMOLENS_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "data"
-
-
-DATA_DIR = _default_data_dir()
 
 
 class DataError(ValueError):
@@ -90,7 +83,7 @@ class Story:
 
 
 def load_emotions(data_dir: Path | None = None) -> list[Emotion]:
-    path = Path(data_dir or DATA_DIR) / "emotions.jsonl"
+    path = Path(data_dir or repo_data_dir()) / "emotions.jsonl"
     out = []
     for n, o in read_jsonl(path):
         w = f"{path}:{n}"
@@ -102,7 +95,7 @@ def load_emotions(data_dir: Path | None = None) -> list[Emotion]:
 
 
 def load_topics(data_dir: Path | None = None) -> list[Topic]:
-    path = Path(data_dir or DATA_DIR) / "topics.jsonl"
+    path = Path(data_dir or repo_data_dir()) / "topics.jsonl"
     out = []
     for n, o in read_jsonl(path):
         w = f"{path}:{n}"
@@ -147,7 +140,7 @@ def load_stories(data_dir: Path | None = None, emotions: list[str] | None = None
     """
     if corpus not in CORPORA:
         raise DataError(f"unknown corpus {corpus!r}; allowed: {', '.join(CORPORA)}")
-    root = Path(data_dir or DATA_DIR)
+    root = Path(data_dir or repo_data_dir())
     known = [e.emotion for e in load_emotions(root)]
     wanted = known if emotions is None else emotions
     unknown = sorted(set(wanted) - set(known))

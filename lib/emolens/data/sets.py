@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emolens.data.records import DATA_DIR, DataError, field, read_jsonl
+from emolens.paths import data_dir as repo_data_dir
+from emolens.data.records import DataError, field, read_jsonl
 
 ACTIVITY_CATEGORIES = ("helpful", "engaging", "social", "self_curiosity", "neutral", "aversive", "misaligned",
                        "unsafe")
@@ -86,7 +87,7 @@ class NegationPair:
 
 
 def _root(data_dir: Path | None) -> Path:
-    return Path(data_dir or DATA_DIR)
+    return Path(data_dir or repo_data_dir())
 
 
 def load_neutral_dialogues(data_dir: Path | None = None) -> list[NeutralDialogue]:

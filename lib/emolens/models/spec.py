@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 # The paper's transcript format, used for models without a chat template (base models).
 PLAIN_TURN = {"system": "{text}\n\n", "user": "Human: {text}\n\n", "assistant": "Assistant: {text}\n\n"}
@@ -37,7 +40,8 @@ class ModelSpec:
 
     # ---- layers ---------------------------------------------------------------------------------------
     def check_layer(self, layer: int) -> int:
-        if not isinstance(layer, int) or not -self.n_layers <= layer < self.n_layers:
+        """A block index, 0-indexed; negative counts from the end (-1 is the last block), everywhere in emolens."""
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -self.n_layers <= layer < self.n_layers:
             raise ModelError(f"layer {layer!r} is out of range for {self.name}: allowed 0..{self.n_layers - 1} "
                              f"(or negative indices from the end)")
         return layer % self.n_layers
@@ -105,3 +109,14 @@ class ModelSpec:
             raise ModelError(f"{self.name}: the tokenization of the header does not prefix the full text; "
                              "cannot place the Assistant colon")
         return ids, len(pre) - 1
+
+
+class Model(NamedTuple):
+    """A loaded model: the TransformerLens bridge and the facts emolens needs about it (:class:`ModelSpec`).
+
+    It unpacks as ``bridge, spec = model``, so every function that takes ``(bridge, spec)`` takes ``*model``;
+    TransformerLens users keep the bridge at ``model.bridge``.
+    """
+
+    bridge: "TransformerBridge"
+    spec: ModelSpec

@@ -13,7 +13,7 @@ import tempfile
 from functools import lru_cache
 from typing import Any
 
-from emolens.models.spec import ModelSpec, default_probe_layer
+from emolens.models.spec import Model, ModelSpec, default_probe_layer
 
 ARCHS = ("llama", "gemma3", "gpt2")
 _CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -89,4 +89,4 @@ def tiny_model(arch: str = "llama", seed: int = 0, n_layers: int = 4, d_model: i
                      probe_layer=default_probe_layer(n_layers), is_chat=arch == "llama", dtype="float32",
                      device="cpu", weight_source=f"random init, seed {seed}", weight_sha256=None,
                      quantization=None, licence=None, tokenizer=tok)
-    return bridge, spec
+    return Model(bridge, spec)

@@ -7,13 +7,14 @@ that together explain ``variance_fraction`` of their variance are projected out,
 
 from __future__ import annotations
 
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from emolens.cache import load_tensors, save_tensors
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: centre and per-layer residual norms stored beside the vectors
 
 
 def emotion_means(story_means: Any, counts: Any, labels: Sequence[str], emotions: Sequence[str],
@@ -75,7 +76,20 @@ def project_out(x: Any, components: Any) -> Any:
 
 @dataclass
 class EmotionVectors:
-    """Emotion vectors of one model at several layers; everything that made them is in ``settings``."""
+    """Emotion vectors of one model at several layers; everything that made them is in ``settings``.
+
+    ``vectors`` are the paper's vectors (per-emotion means, centred on the mean over emotions, neutral PCs
+    projected out); ``raw`` the per-emotion means; ``centre`` the mean they were centred on; ``residual_norms``
+    the typical (root-mean-square) residual norm per layer on neutral text, the unit of steering strength.
+
+    Example::
+
+        vectors = load_or_build(model)                       # the default corpus and settings, cached
+        vectors.at(19)                                       # [171, d] at layer 19
+        scores = vectors.score_texts(model, ["..."], 19)     # held-out scoring, as in validation
+        with vectors.steer(model, "calm", alpha=0.1, layers=19):
+            print(reply(*model, "How is your day going?"))
+    """
 
     emotions: list[str]
     layers: list[int]
@@ -85,6 +99,7 @@ class EmotionVectors:
     settings: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     centre: Any = None  # [L, d] mean of the raw means over the emotions the vectors were built from
+    residual_norms: Any = None  # [L] typical residual norm per layer (NaN where not measured)
 
     def __post_init__(self) -> None:
         E, L = len(self.emotions), len(self.layers)
@@ -94,6 +109,10 @@ class EmotionVectors:
             raise ValueError("emotion names must be unique")
         if self.centre is None:
             self.centre = self.raw.mean(0)
+        if self.residual_norms is None:
+            import torch
+
+            self.residual_norms = torch.full((L,), float("nan"))
 
     # ---- identity -----------------------------------------------------------------------------------
     @property
@@ -151,13 +170,99 @@ class EmotionVectors:
         on the full set they were built from (so a subset's vectors equal the full set's rows)."""
         idx = [self.emotion_index(e) for e in emotions]
         return EmotionVectors(list(emotions), list(self.layers), self.raw[idx], self.vectors[idx],
-                              self.neutral_pcs, dict(self.settings), dict(self.provenance), self.centre)
+                              self.neutral_pcs, dict(self.settings), dict(self.provenance), self.centre,
+                              self.residual_norms)
+
+    def residual_norm(self, layer: int) -> float:
+        """The typical residual norm at ``layer`` measured with these vectors (the unit of ``alpha``)."""
+        import math
+
+        v = float(self.residual_norms[self.layer_index(layer)])
+        if math.isnan(v):
+            raise ValueError(f"these vectors carry no residual norm for layer {layer}; build them with neutral texts "
+                             "or pass the norm to emolens.interventions.steering yourself")
+        return v
+
+    def _layers(self, layers: int | Sequence[int] | None) -> list[int]:
+        if layers is None:
+            if len(self.layers) != 1:
+                raise ValueError(f"these vectors hold layers {self.layers}: say which to use with layers=...")
+            return list(self.layers)
+        out = [layers] if isinstance(layers, int) else list(layers)
+        return [self.layers[self.layer_index(layer)] for layer in out]
+
+    @contextmanager
+    def steer(self, model: Any, emotion: str, alpha: float, layers: int | Sequence[int] | None = None,
+              from_position: int = 0, site: str = "resid_post") -> Iterator[None]:
+        """Add ``alpha`` x (typical residual norm) along ``emotion``'s vector at each of ``layers`` (the vector
+        and the norm of that layer), for positions >= ``from_position``; hooks are removed on exit.
+
+        ``model`` is ``(bridge, spec)`` as :func:`emolens.models.load_model` returns it; vectors of another model
+        are refused.
+        """
+        from emolens.interventions import steering
+
+        bridge, spec = model
+        self.check_model(spec)
+        e = self.emotion_index(emotion)
+        with ExitStack() as stack:
+            for layer in self._layers(layers):
+                j = self.layer_index(layer)
+                stack.enter_context(steering(bridge, spec, self.vectors[e, j], layer, alpha,
+                                             self.residual_norm(layer), site, from_position))
+            yield
+
+    @contextmanager
+    def ablate(self, model: Any, emotions: str | Sequence[str], layers: int | Sequence[int] | None = None,
+               site: str = "resid_post") -> Iterator[None]:
+        """Project the span of the given emotions' vectors out of the residual at ``layers``."""
+        from emolens.interventions import ablation
+
+        bridge, spec = model
+        self.check_model(spec)
+        names = [emotions] if isinstance(emotions, str) else list(emotions)
+        idx = [self.emotion_index(e) for e in names]
+        with ExitStack() as stack:
+            for layer in self._layers(layers):
+                stack.enter_context(ablation(bridge, spec, self.vectors[idx, self.layer_index(layer)], layer, site))
+            yield
+
+    def scores(self, pooled: Any, layer: int, denoised: bool = True) -> Any:
+        """Cosine scores ``[n, E]`` of pooled story activations ``[n, d]`` at ``layer``, read the way the vectors
+        were made: minus the vectors' centre, the neutral PCs projected out (``denoised``), then compared.
+        This is how validation scores held-out stories; use it (or :meth:`score_texts`) for any new text."""
+        from emolens.stats import cosine
+
+        j = self.layer_index(layer)
+        x = pooled.float() - self.centre[j]
+        if denoised:
+            x = project_out(x, self.neutral_pcs[j])
+        v = self.vectors[:, j] if denoised else self.centred_raw()[:, j]
+        return cosine(x, v)
+
+    def score_texts(self, model: Any, texts: Sequence[str], layer: int, denoised: bool = True,
+                    batch_size: int = 8) -> Any:
+        """Scores ``[n, E]`` of new texts, pooled with the vectors' own pooling settings (from token 50 by
+        default); texts too short for the window get NaN rows."""
+        import numpy as np
+
+        from emolens.activations import Pooling, pooled_means
+
+        bridge, spec = model
+        self.check_model(spec)
+        pooling = Pooling(**self.settings.get("pooling", {}))
+        means, counts = pooled_means(bridge, spec, texts, [self.layers[self.layer_index(layer)]], pooling,
+                                     self.settings.get("site", "resid_post"), batch_size, progress=False)
+        out = self.scores(means[:, 0].nan_to_num(), layer, denoised)
+        out[np.asarray(counts) == 0] = np.nan
+        return out
 
     # ---- storage ------------------------------------------------------------------------------------
     def save(self, path: Path) -> Path:
         """Safetensors plus a JSON sidecar (names, layers, settings, provenance); never a pickle."""
         path = Path(path).with_suffix(".safetensors")
-        tensors = {"raw": self.raw, "vectors": self.vectors, "centre": self.centre}
+        tensors = {"raw": self.raw, "vectors": self.vectors, "centre": self.centre,
+                   "residual_norms": self.residual_norms}
         tensors.update({f"neutral_pcs.{layer}": pc for layer, pc in zip(self.layers, self.neutral_pcs)})
         save_tensors(path, tensors, {"format": FORMAT_VERSION, "emotions": self.emotions, "layers": self.layers,
                                      "settings": self.settings, "provenance": self.provenance})
@@ -174,14 +279,15 @@ class EmotionVectors:
             raise ValueError(f"{path} holds vectors of model {model!r}, not {expect_model!r}")
         layers = meta["layers"]
         return cls(meta["emotions"], layers, t["raw"], t["vectors"], [t[f"neutral_pcs.{layer}"] for layer in layers],
-                   meta["settings"], meta["provenance"], t.get("centre"))
+                   meta["settings"], meta["provenance"], t.get("centre"), t.get("residual_norms"))
 
 
 def build_emotion_vectors(story_means: Any, counts: Any, labels: Sequence[str], emotions: Sequence[str],
                           layers: Sequence[int], neutral_cov: Any | None, variance_fraction: float | None = 0.5,
                           n_components: int | None = None, weighting: str = "story",
                           settings: dict[str, Any] | None = None,
-                          provenance: dict[str, Any] | None = None) -> EmotionVectors:
+                          provenance: dict[str, Any] | None = None,
+                          residual_norms: Any | None = None) -> EmotionVectors:
     """Assemble EmotionVectors from per-story pooled means and the neutral covariance ``[L, d, d]``.
 
     ``neutral_cov=None`` (or ``n_components=0``) skips the projection: the vectors are the centred means.
@@ -200,4 +306,5 @@ def build_emotion_vectors(story_means: Any, counts: Any, labels: Sequence[str], 
         vecs[:, j] = project_out(centred[:, j], pc)
     st = dict(settings or {}, variance_fraction=variance_fraction, n_components=n_components, weighting=weighting,
               skipped_stories=skipped, n_stories=int((counts > 0).sum()))
-    return EmotionVectors(list(emotions), list(layers), raw, vecs, pcs, st, dict(provenance or {}), raw.mean(0))
+    return EmotionVectors(list(emotions), list(layers), raw, vecs, pcs, st, dict(provenance or {}), raw.mean(0),
+                          residual_norms)

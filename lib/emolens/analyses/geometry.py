@@ -7,15 +7,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from emolens.stats import cosine
+
 
 def as_array(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy().astype(np.float64) if hasattr(x, "detach") else np.asarray(x, np.float64)
 
 
 def cosine_matrix(vectors: Any) -> np.ndarray:
-    v = as_array(vectors)
-    v = v / np.clip(np.linalg.norm(v, axis=1, keepdims=True), 1e-12, None)
-    return v @ v.T
+    """Cosine similarity of every pair of rows (the emotion-by-emotion matrix of Figure 5)."""
+    return cosine(vectors, vectors)
 
 
 def cluster_order(sim: np.ndarray) -> np.ndarray:

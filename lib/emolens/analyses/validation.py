@@ -7,10 +7,52 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from emolens.classify import cosine_scores, topk_accuracy
+from emolens.stats import cosine
 from emolens.vectors import build_emotion_vectors, project_out
 
 N_FOLDS = 5
+
+
+
+def topk_accuracy(scores: Any, labels: Sequence[int], k: int = 1) -> float:
+    """Fraction of rows whose true label is among the ``k`` highest scores."""
+    s = np.asarray(scores)
+    top = np.argsort(-s, axis=1)[:, :k]
+    return float(np.mean([lab in row for lab, row in zip(labels, top)]))
+
+
+def rank_of_true(scores: Any, labels: Sequence[int]) -> np.ndarray:
+    """1-based rank of the true label in each row (1 = top)."""
+    s = np.asarray(scores)
+    return np.array([1 + int(np.sum(row > row[lab])) for row, lab in zip(s, labels)])
+
+
+def loo_centroid_scores(x: Any, labels: Sequence[int], n_classes: int) -> np.ndarray:
+    """Leave-one-out scores: each row against class means (minus their grand mean) computed without it."""
+    x = np.asarray(x, float)
+    labels = np.asarray(labels)
+    sums = np.stack([x[labels == c].sum(0) for c in range(n_classes)])
+    counts = np.array([(labels == c).sum() for c in range(n_classes)], float)
+    out = np.zeros((len(x), n_classes))
+    for i in range(len(x)):
+        s, n = sums.copy(), counts.copy()
+        s[labels[i]] -= x[i]
+        n[labels[i]] -= 1
+        means = s / np.clip(n, 1, None)[:, None]
+        out[i] = cosine(x[i:i + 1] - means.mean(0), means - means.mean(0))[0]
+    return out
+
+
+def shuffled_label_accuracies(x: Any, labels: Sequence[int], n_classes: int, n_shuffles: int = 200,
+                              seed: int = 0) -> np.ndarray:
+    """Leave-one-out top-1 accuracy after shuffling labels: the null for :func:`loo_centroid_scores`."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    out = []
+    for _ in range(n_shuffles):
+        perm = rng.permutation(labels)
+        out.append(topk_accuracy(loo_centroid_scores(x, perm, n_classes), perm, 1))
+    return np.array(out)
 
 
 def topic_folds(topic_ids: Sequence[int], n_folds: int = N_FOLDS) -> np.ndarray:
@@ -61,7 +103,7 @@ def heldout_scores(story_means: Any, counts: Any, labels: Sequence[str], topic_i
             x = story_means[test, j] - centre[j]
             if denoised:
                 x = project_out(x, ev.neutral_pcs[j])  # the same projection the vectors went through
-            scores[test, j] = cosine_scores(x.numpy(), vecs[:, j].numpy())
+            scores[test, j] = cosine(x.numpy(), vecs[:, j].numpy())
     return HeldOut(scores[keep], lab[keep], list(layers), list(emotions))
 
 
@@ -106,7 +148,7 @@ def classification_with_controls(acts: Any, layer: int, cluster_of: Sequence[int
                                  seed: int = 0) -> dict[str, dict[str, Any]]:
     """Held-out (topic-fold) classification at one layer with its controls, each with bootstrap CIs:
     denoised vectors, raw vectors, random directions of matched norm, shuffled labels, and (optionally) the
-    bag-of-words text baseline. ``acts`` is a :class:`emolens.recipe.CorpusActivations`."""
+    bag-of-words text baseline. ``acts`` is a :class:`emolens.vectors.CorpusActivations`."""
     j = acts.layers.index(layer)
     one = dict(story_means=acts.means[:, [j]], counts=acts.counts, labels=acts.labels, topic_ids=acts.topic_ids,
                emotions=acts.emotions, layers=[layer], neutral_cov=acts.neutral_cov[[j]],

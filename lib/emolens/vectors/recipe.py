@@ -7,13 +7,22 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from emolens.cache import cached, content_hash
-from emolens.extract import Pooling, checkpointed, neutral_statistics, pooled_means, resolve_layers
+from emolens.activations import Pooling, checkpointed, neutral_statistics, pooled_means, resolve_layers
 from emolens.models.spec import ModelSpec
 from emolens.paths import cache_dir
 from emolens.provenance import provenance
-from emolens.vectors import EmotionVectors, build_emotion_vectors
+from emolens.vectors.core import EmotionVectors, build_emotion_vectors
 
 EXTRACT_VERSION = 1  # bump when a change alters extracted numbers, so old caches are not reused
+
+
+def rms_norms(mean: Any, cov: Any, n_tokens: int) -> Any:
+    """Root-mean-square residual norm ``[L]`` of the neutral tokens, from their mean and covariance:
+    E|x|^2 = trace(cov) (n-1)/n + |mean|^2. The typical norm that steering strength ``alpha`` is a fraction of."""
+    import torch
+
+    tr = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1) * (n_tokens - 1) / n_tokens
+    return (tr + (mean ** 2).sum(-1)).sqrt().float()
 
 
 def _model_key(spec: ModelSpec) -> dict[str, Any]:
@@ -76,13 +85,20 @@ def neutral_covariance(bridge: Any, spec: ModelSpec, texts: Sequence[str], layer
     return {"mean": t["mean"], "cov": t["cov"], "n_tokens": meta["n_tokens"], "layers": layers}
 
 
-def extract_emotion_vectors(bridge: Any, spec: ModelSpec, texts: Sequence[str], labels: Sequence[str],
-                            neutral_texts: Sequence[str] | None, emotions: Sequence[str] | None = None,
-                            layers: Any = None, pooling: Pooling = Pooling(), site: str = "resid_post",
-                            variance_fraction: float | None = 0.5, n_components: int | None = None,
-                            batch_size: int = 8, progress: bool = True, corpus_id: str | None = None,
-                            folder: Path | None = None) -> EmotionVectors:
-    """Stories (``texts`` with emotion ``labels``) and neutral texts in, EmotionVectors out (all layers by default)."""
+def emotion_vectors(bridge: Any, spec: ModelSpec, texts: Sequence[str], labels: Sequence[str],
+                    neutral_texts: Sequence[str] | None, emotions: Sequence[str] | None = None,
+                    layers: Any = None, pooling: Pooling = Pooling(), site: str = "resid_post",
+                    variance_fraction: float | None = 0.5, n_components: int | None = None,
+                    batch_size: int = 8, progress: bool = True, corpus_id: str | None = None,
+                    folder: Path | None = None) -> EmotionVectors:
+    """The paper's recipe on any stories: ``texts`` with emotion ``labels`` and neutral texts in, EmotionVectors
+    out (all layers by default). Activations are cached by content hash and resume after an interruption.
+
+    Example::
+
+        ev = emotion_vectors(bridge, spec, [s.text for s in stories], [s.emotion for s in stories],
+                             neutral_texts(spec), layers=[spec.probe_layer])
+    """
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
     emotions = list(emotions) if emotions is not None else list(dict.fromkeys(labels))
@@ -92,14 +108,15 @@ def extract_emotion_vectors(bridge: Any, spec: ModelSpec, texts: Sequence[str], 
     layers = resolve_layers(spec, layers)
     means, counts = story_activations(bridge, spec, texts, layers, pooling, site, batch_size, progress=progress,
                                       folder=folder)
-    cov = None
+    cov = norms = None
     if neutral_texts:
-        cov = neutral_covariance(bridge, spec, neutral_texts, layers, site, batch_size, progress, folder)["cov"]
+        nc = neutral_covariance(bridge, spec, neutral_texts, layers, site, batch_size, progress, folder)
+        cov, norms = nc["cov"], rms_norms(nc["mean"], nc["cov"], nc["n_tokens"])
     settings = {"pooling": pooling.as_dict(), "site": site,
                 "corpus": corpus_id or content_hash([list(texts), list(labels)]),
                 "neutral": content_hash(list(neutral_texts or [])), "n_neutral": len(neutral_texts or [])}
     return build_emotion_vectors(means, counts, list(labels), emotions, layers, cov, variance_fraction,
-                                 n_components, pooling.weighting, settings, provenance(spec))
+                                 n_components, pooling.weighting, settings, provenance(spec), norms)
 
 
 @dataclass
@@ -116,6 +133,8 @@ class CorpusActivations:
     n_neutral_tokens: int
     pooling: Pooling
     emotions: list[str]
+    site: str = "resid_post"
+    corpus: str = "v1"
 
     @property
     def labels(self) -> list[str]:
@@ -127,10 +146,13 @@ class CorpusActivations:
 
     def vectors(self, variance_fraction: float | None = 0.5, n_components: int | None = None,
                 spec: ModelSpec | None = None) -> EmotionVectors:
+        """The paper's vectors from these activations (give ``spec`` so they carry the model's identity)."""
+        norms = rms_norms(self.neutral_mean, self.neutral_cov, self.n_neutral_tokens)
         return build_emotion_vectors(self.means, self.counts, self.labels, self.emotions, self.layers,
                                      self.neutral_cov, variance_fraction, n_components, self.pooling.weighting,
-                                     {"pooling": self.pooling.as_dict(), "n_neutral": self.n_neutral},
-                                     provenance(spec) if spec else None)
+                                     {"pooling": self.pooling.as_dict(), "n_neutral": self.n_neutral,
+                                      "site": self.site, "corpus": self.corpus},
+                                     provenance(spec) if spec else None, norms)
 
 
 def neutral_texts(spec: ModelSpec, limit: int | None = None) -> list[str]:
@@ -140,16 +162,45 @@ def neutral_texts(spec: ModelSpec, limit: int | None = None) -> list[str]:
     return [spec.format_chat(d.messages()) for d in load_neutral_dialogues()[:limit]]
 
 
-def corpus_activations(bridge: Any, spec: ModelSpec, emotions: Sequence[str] | None = None,
+def first_per_emotion(stories: Sequence[Any], n: int) -> list[Any]:
+    """Each emotion's first ``n`` stories (in slot order), for subsampled runs of the larger models."""
+    from collections import Counter
+
+    kept, seen = [], Counter()
+    for s in stories:
+        if seen[s.emotion] < n:
+            kept.append(s)
+            seen[s.emotion] += 1
+    return kept
+
+
+def select_emotions(emotions: str | Sequence[str] | None) -> list[str] | None:
+    """``None``/"all" -> all 171; "exemplars" -> the paper's 12; a list is passed through."""
+    from emolens.data import load_emotions
+
+    if emotions is None or emotions == "all":
+        return None
+    if emotions == "exemplars":
+        return [e.emotion for e in load_emotions() if e.exemplar]
+    if isinstance(emotions, str):
+        raise ValueError(f"emotions={emotions!r}: give 'all', 'exemplars' or a list of emotion words")
+    return list(emotions)
+
+
+def corpus_activations(bridge: Any, spec: ModelSpec, emotions: str | Sequence[str] | None = None,
                        stories_per_emotion: int | None = None, neutral_limit: int | None = None,
                        layers: Any = None, pooling: Pooling = Pooling(), site: str = "resid_post",
-                       batch_size: int = 8, progress: bool = True) -> CorpusActivations:
-    """Run the shipped stories (all, or a subset) and neutral dialogues through the model, with caching."""
+                       batch_size: int = 8, progress: bool = True, corpus: str = "v1") -> CorpusActivations:
+    """Run the shipped stories (all, or a subset) and neutral dialogues through the model, with caching.
+
+    ``emotions``: "all", "exemplars" or a list; ``corpus``: "v1", "v2" or "v2-new" (see
+    :func:`emolens.data.load_stories`); ``stories_per_emotion`` keeps each emotion's first n stories.
+    """
     from emolens.data import load_stories
 
-    stories = load_stories(emotions=list(emotions) if emotions is not None else None)
+    stories = load_stories(emotions=select_emotions(emotions), corpus=corpus)
     if stories_per_emotion is not None:
-        stories = [s for s in stories if s.slot < stories_per_emotion]
+        stories = first_per_emotion(stories, stories_per_emotion)
     if not stories:
         raise ValueError("no stories found in data/stories for the emotions asked for")
     emos = list(dict.fromkeys(s.emotion for s in stories))
@@ -159,4 +210,4 @@ def corpus_activations(bridge: Any, spec: ModelSpec, emotions: Sequence[str] | N
     neutral = neutral_texts(spec, neutral_limit)
     nc = neutral_covariance(bridge, spec, neutral, layers, site, batch_size, progress)
     return CorpusActivations(stories, means, counts, layers, nc["cov"], nc["mean"], len(neutral), nc["n_tokens"],
-                             pooling, emos)
+                             pooling, emos, site, corpus)
