@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml | $(PY)
 setup: $(STAMP)
 	$(PY) -m emolens.models fetch
 
+# make run is the one way committed results in figures/<model>/ are written (EMOLENS_COMMIT=1)
 run: setup
-	$(PY) tools/run_notebooks.py --notebooks $(NOTEBOOKS)
+	EMOLENS_COMMIT=1 $(PY) tools/run_notebooks.py --notebooks $(NOTEBOOKS)
 
 fast: setup
 	EMOLENS_FAST=1 $(PY) tools/run_notebooks.py --notebooks $(NOTEBOOKS)

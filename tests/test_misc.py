@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from emolens.analyses.validation import loo_centroid_scores, rank_of_true, topk_accuracy
+from emolens.analyses.validation import loo_centroid_scores, topk_accuracy
+from emolens.stats import rank_of_true
 from emolens.stats import bootstrap, correlation, random_directions
 
 
@@ -68,12 +69,29 @@ def test_save_figure_is_deterministic(isolated_cache):
         save_figure(draw(), "figures/x.png")
 
 
-def test_results_writer_merges_and_records_mode(isolated_cache):
-    from emolens.results import read_results, write_results
+def test_results_writer_merges_and_records_mode_and_model(isolated_cache):
+    from emolens.results import Outputs
 
-    write_results("03_validate_vectors", {"a": 1.0}, mode="fast")
-    write_results("03_validate_vectors", {"b": np.float32(2.5)}, mode="fast")
-    r = read_results("03_validate_vectors")
-    assert r["a"] == 1.0 and r["b"] == 2.5 and r["_mode"] == "fast"
+    out = Outputs("03_validate_vectors", "some-model", fast=True)
+    out.results({"a": 1.0})
+    out.results({"b": np.float32(2.5)})
+    r = json.loads(out.results_path.read_text())
+    assert r["a"] == 1.0 and r["b"] == 2.5 and r["_mode"] == "fast" and r["_model"] == "some-model"
+    assert out.results_path.parent.name == "some-model"
     with pytest.raises(ValueError, match="two-digit"):
-        write_results("validate", {})
+        Outputs("validate", "m", True)
+
+
+def test_runs_never_write_committed_results_unless_make_run(monkeypatch):
+    from emolens.paths import REPO_ROOT
+    from emolens.results import output_dir
+
+    monkeypatch.delenv("EMOLENS_FIGURES", raising=False)
+    monkeypatch.delenv("EMOLENS_COMMIT", raising=False)
+    committed = REPO_ROOT / "figures" / "m"
+    assert output_dir("m", fast=True) != committed  # fast mode
+    assert output_dir("m", fast=False) != committed  # an interactive full run (JupyterLab)
+    monkeypatch.setenv("EMOLENS_COMMIT", "1")
+    assert output_dir("m", fast=True) != committed  # fast mode never, even under make run
+    assert output_dir("m", fast=False) == committed
+    assert output_dir("google/gemma-2-2b-it", fast=False).name == "google__gemma-2-2b-it"

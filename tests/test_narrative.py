@@ -55,3 +55,14 @@ def test_body_words_hold_no_emotion_vocabulary():
     banned = load_banned_words()
     hits = {(e, w) for e in banned.terms for w in BODY_WORDS if banned.leaks(e, w)}
     assert not hits, hits
+
+
+def test_speech_counts_every_quotation_style():
+    from emolens.analyses.narrative import narrative_features
+
+    texts = ['He said "go now" and left.', "He said 'go now' and left.", "He said \u201cgo now\u201d and left.",
+             "'Don't go,' she said.", "The kids' bikes weren't there."]
+    f = narrative_features(texts)["speech"]
+    assert f[0] == f[1] == f[2] > 0  # straight double, single and curly quotes count alike
+    assert np.isclose(f[3], len("Don't go,") / len(texts[3]))  # an apostrophe inside the quote belongs to it
+    assert f[4] == 0  # apostrophes are not speech

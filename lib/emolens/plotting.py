@@ -27,12 +27,13 @@ def use_house_style() -> None:
     matplotlib.rcParams.update(HOUSE_STYLE)
 
 
-def save_figure(fig: Any, name: str, data: dict[str, Any] | None = None) -> Path:
-    """Write ``figures/<name>.png`` (no timestamp or software tag, so identical inputs give identical bytes)
-    and, when given, the small JSON of numbers behind it as ``figures/<name>.json``."""
+def save_figure(fig: Any, name: str, data: dict[str, Any] | None = None, folder: Path | None = None) -> Path:
+    """Write ``<folder>/<name>.png`` (no timestamp or software tag, so identical inputs give identical bytes)
+    and, when given, the small JSON of numbers behind it as ``<folder>/<name>.json``. Notebooks call it through
+    :class:`emolens.results.Outputs`, which picks the folder by model and mode."""
     if not name or "/" in name or name.endswith(".png"):
         raise ValueError(f"figure name {name!r}: give a bare name like '03_logit_lens'")
-    folder = figures_dir()
+    folder = Path(folder) if folder is not None else figures_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
     fig.savefig(path, format="png", metadata={"Software": None})

@@ -25,6 +25,59 @@ class Estimate:
         s = f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
         return s + (f", p={self.p:.3g}" if self.p is not None else "")
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Estimate":
+        return cls(**{k: d[k] for k in ("value", "low", "high", "p", "n") if k in d})
+
+
+def fmt(d: dict[str, Any] | Estimate | None, digits: int = 2) -> str:
+    """``0.30 [0.28, 0.32]`` for an estimate (or its dict); ``-`` when there is none."""
+    if d is None:
+        return "-"
+    e = d if isinstance(d, Estimate) else Estimate.from_dict(d)
+    return f"{e.value:.{digits}f} [{e.low:.{digits}f}, {e.high:.{digits}f}]"
+
+
+def permutation_p(null: Any, observed: float, two_sided: bool = False) -> float:
+    """Permutation p-value with the +1 correction: ``(#{null >= observed} + 1) / (n + 1)`` (absolute values when
+    ``two_sided``), so a p-value is never 0 for a finite null."""
+    null = np.asarray(null, float)
+    if two_sided:
+        null, observed = np.abs(null), abs(observed)
+    return float((np.sum(null >= observed) + 1) / (len(null) + 1))
+
+
+def exceedance(null: Any, observed: float) -> float:
+    """Share of a null distribution whose magnitude reaches ``|observed|`` (e.g. random directions that move as
+    much as an emotion direction)."""
+    return float(np.mean(np.abs(np.asarray(null, float)) >= abs(observed)))
+
+
+def rank_of_true(scores: Any, labels: Sequence[int]) -> np.ndarray:
+    """1-based rank of the true label in each row of ``scores`` (1 = top; ties count in its favour)."""
+    s = np.asarray(scores)
+    return np.array([1 + int(np.sum(row > row[lab])) for row, lab in zip(s, labels)])
+
+
+def rank_permutation_test(scores: Any, labels: Sequence[int], ks: Sequence[int] = (1, 3), n_perm: int = 2000,
+                          seed: int = 1) -> dict[str, Any]:
+    """Top-k rates of the true label's rank, each against a null in which the labels are permuted across rows."""
+    labels = np.asarray(labels)
+    rank = rank_of_true(scores, labels)
+    rng = np.random.default_rng(seed)
+    null = {k: [] for k in ks}
+    for _ in range(n_perm):
+        rk = rank_of_true(scores, rng.permutation(labels))
+        for k in ks:
+            null[k].append(float(np.mean(rk <= k)))
+    out: dict[str, Any] = {"ranks": rank.tolist(), "n": int(len(labels))}
+    for k in ks:
+        rate = float(np.mean(rank <= k))
+        out[f"top{k}_rate"] = rate
+        out[f"p_top{k}"] = permutation_p(null[k], rate)
+        out[f"null_top{k}_mean"] = float(np.mean(null[k]))
+    return out
+
 
 def bootstrap(stat: Callable[..., float], *arrays: Sequence[Any], n_boot: int = 2000, level: float = 0.95,
               seed: int = 0) -> Estimate:
@@ -67,8 +120,7 @@ def correlation(x: Any, y: Any, method: str = "pearson", n_boot: int = 2000, n_p
     rng = np.random.default_rng(seed + 1)
     y = np.asarray(y)
     null = np.array([f(x, rng.permutation(y)) for _ in range(n_perm)])
-    p = float((np.sum(np.abs(null) >= abs(est.value)) + 1) / (n_perm + 1))
-    return Estimate(est.value, est.low, est.high, p, est.n)
+    return Estimate(est.value, est.low, est.high, permutation_p(null, est.value, two_sided=True), est.n)
 
 
 def random_directions(n: int, d: int, seed: int = 0) -> np.ndarray:

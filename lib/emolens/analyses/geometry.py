@@ -119,26 +119,34 @@ def cv_direction_r(x: np.ndarray, target: np.ndarray, n_pcs: int = 10, folds: in
     return float(np.corrcoef(pred, target)[0, 1])
 
 
-# Signs of PC1 and PC2 are fixed by anchor emotions, never by the ratings they are then compared with.
-PC_ANCHORS = {0: ("happy", "sad"), 1: ("afraid", "calm")}
+# Signs of PC1 and PC2 are fixed by anchor emotions, never by the ratings they are then compared with. PC1's
+# pair differs mainly in valence; PC2's in arousal at equal valence (Warriner: both 6.89), so that it does not
+# mix the two axes (the old pair afraid/calm differed in both).
+PC_ANCHORS = {0: ("happy", "sad"), 1: ("inspired", "calm")}
 
 
-def anchors_for(emotions: Sequence[str]) -> dict[int, tuple[int, int]]:
-    return {pc: (list(emotions).index(a), list(emotions).index(b)) for pc, (a, b) in PC_ANCHORS.items()
-            if a in emotions and b in emotions}
+def anchors_for(emotions: Sequence[str], anchors: dict[int, tuple[str, str]] | None = None) -> dict[int, tuple[int, int]]:
+    """Row indices of each PC's anchor pair. Every anchor emotion must be present: on another emotion set, give
+    pairs that are (``anchors={0: ("joyful", "gloomy"), ...}``), or ``anchors={}`` to leave signs arbitrary."""
+    anchors = PC_ANCHORS if anchors is None else anchors
+    names = list(emotions)
+    missing = sorted({e for pair in anchors.values() for e in pair} - set(names))
+    if missing:
+        raise ValueError(f"PC sign anchors {missing} are not among these emotions; pass anchors={{pc: (high, low)}} "
+                         "with emotions you have, or anchors={} to leave the signs arbitrary")
+    return {pc: (names.index(a), names.index(b)) for pc, (a, b) in anchors.items()}
 
 
 def geometry_summary(vectors: Any, emotions: Sequence[str], ratings: dict[str, Any], clusters: Sequence[str],
-                     n_boot: int = 2000, kmeans_seeds: int = 5) -> dict[str, Any]:
+                     n_boot: int = 2000, kmeans_seeds: int = 5,
+                     anchors: dict[int, tuple[str, str]] | None = None) -> dict[str, Any]:
     """PCA variance, PC1-valence and PC2-arousal correlations (bootstrap CIs, permutation p), the best single
     PC and a cross-validated direction for arousal, and k-means agreement with the paper's clusters."""
     from emolens.stats import correlation
 
     x = as_array(vectors)
-    p = pca(x, 10, anchors_for(emotions))
-    rated = [i for i, e in enumerate(emotions) if e in ratings]
-    val = np.array([ratings[emotions[i]].valence for i in rated])
-    aro = np.array([ratings[emotions[i]].arousal for i in rated])
+    p = pca(x, 10, anchors_for(emotions, anchors))
+    rated, val, aro = rated_arrays(emotions, ratings)
     out: dict[str, Any] = {"n_emotions": len(emotions), "n_rated": len(rated),
                            "explained": p.explained[:5].tolist()}
     if len(rated) >= 5:
@@ -157,3 +165,73 @@ def geometry_summary(vectors: Any, emotions: Sequence[str], ratings: dict[str, A
         out["kmeans_ari"] = {k: v for k, v in km.items() if k != "labels_seed0"}
         out["kmeans_ari"]["null_95pct"] = float(np.quantile(null, 0.95))
     return out
+
+
+def rated_arrays(emotions: Sequence[str], ratings: dict[str, Any]) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Indices of the rated emotions and their human valence and arousal, in the same order."""
+    rated = [i for i, e in enumerate(emotions) if e in ratings]
+    return (rated, np.array([ratings[emotions[i]].valence for i in rated]),
+            np.array([ratings[emotions[i]].arousal for i in rated]))
+
+
+def extreme_pairs(sim: np.ndarray, names: Sequence[str], k: int = 6) -> dict[str, list[tuple[str, str, float]]]:
+    """The ``k`` most similar and most opposite pairs of a similarity matrix."""
+    iu = np.triu_indices(len(sim), 1)
+    order = np.argsort(sim[iu])
+    pairs = [(names[iu[0][t]], names[iu[1][t]], round(float(sim[iu][t]), 2)) for t in order]
+    return {"most_similar": pairs[-k:][::-1], "most_opposite": pairs[:k]}
+
+
+def layer_sweep(vectors: Any, ratings: dict[str, Any], anchors: dict[int, tuple[str, str]] | None = None
+                ) -> dict[str, Any]:
+    """At every layer of an EmotionVectors: PC1 vs valence and PC2 vs arousal (Pearson r), and the second-order
+    similarity of the emotion-by-emotion similarity matrices across layers (paper: stable over 14 layers)."""
+    rated, val, aro = rated_arrays(vectors.emotions, ratings)
+    a = anchors_for(vectors.emotions, anchors)
+    r_val, r_aro, sims = [], [], []
+    for layer in vectors.layers:
+        x = vectors.at(layer).numpy()
+        p = pca(x, 3, a)
+        r_val.append(float(np.corrcoef(p.scores[rated, 0], val)[0, 1]))
+        r_aro.append(float(np.corrcoef(p.scores[rated, 1], aro)[0, 1]))
+        sims.append(cosine_matrix(x))
+    return {"layers": list(vectors.layers), "pc1_valence_r": r_val, "pc2_arousal_r": r_aro,
+            "second_order": second_order_similarity(sims)}
+
+
+BASELINES = ("static embedding", "raw (undenoised)", "denoised vectors")
+
+
+def baseline_vectors(model: Any, vectors: Any, layer: int) -> dict[str, np.ndarray]:
+    """The three sets compared in notebook 04: the words' static input embeddings, the centred raw means, and
+    the denoised vectors, all for the same emotions."""
+    bridge, spec = model
+    return {"static embedding": embedding_vectors(bridge, spec, vectors.emotions),
+            "raw (undenoised)": vectors.at(layer, denoised=False).float().numpy(),
+            "denoised vectors": vectors.at(layer).float().numpy()}
+
+
+def baselines(model: Any, vectors: Any, layer: int, ratings: dict[str, Any], clusters: Sequence[str],
+              n_boot: int = 2000) -> dict[str, dict[str, Any]]:
+    """:func:`geometry_summary` of each of :func:`baseline_vectors`."""
+    return {k: geometry_summary(v, vectors.emotions, ratings, clusters, n_boot=n_boot)
+            for k, v in baseline_vectors(model, vectors, layer).items()}
+
+
+def model_geometry(model: Any, acts: Any, ratings: dict[str, Any], cluster_of: dict[str, str],
+                   variance_fraction: float = 0.5, n_boot: int = 2000,
+                   precomputed: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One model's row of the cross-model table (notebook 04): the baselines' geometry summaries at its probe
+    layer, and the body-word test of its first PCs. ``acts`` are its corpus activations at that layer."""
+    from emolens.analyses.narrative import components_vs_feature
+
+    bridge, spec = model
+    ev = acts.vectors(variance_fraction, spec=spec)
+    layer = spec.probe_layer
+    row: dict[str, Any] = {"stories_per_emotion": int(len(acts.stories) / max(len(ev.emotions), 1)),
+                           "n_neutral": acts.n_neutral, "layer": layer, "n_layers": spec.n_layers, "dtype": spec.dtype}
+    row.update(precomputed or baselines(model, ev, layer, ratings, [cluster_of[e] for e in ev.emotions], n_boot))
+    p = pca(ev.at(layer).float().numpy(), 10, anchors_for(ev.emotions))
+    row["body_words_vs_pcs"] = components_vs_feature(p.scores, [s.text for s in acts.stories], acts.labels,
+                                                     ev.emotions, n_boot=n_boot)
+    return row

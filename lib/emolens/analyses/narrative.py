@@ -26,17 +26,20 @@ ache ached aching dizzy heavy shiver shivered numb tingle tingling
 """.split())
 
 _WORD = re.compile(r"[a-z']+")
-_QUOTED = re.compile(r"[\"\u201c]([^\"\u201d]*)[\"\u201d]")
+# Speech in double quotes (straight or curly), or in single quotes: an opening ' not preceded by a letter (so
+# not an apostrophe inside "don't") up to a closing ' not followed by a letter; apostrophes between letters
+# inside the quote ("'Don't go.'") belong to it.
+_QUOTED = re.compile(r"[\"\u201c]([^\"\u201d]*)[\"\u201d]|(?<![A-Za-z])['\u2018]((?:[^'\u2019]|(?<=[A-Za-z])['\u2019](?=[A-Za-z]))+?)['\u2019](?![A-Za-z])")
 
 
 def narrative_features(texts: Sequence[str]) -> dict[str, np.ndarray]:
     """Per text: ``body`` (body words per 100 words), ``speech`` (share of characters inside quotation
-    marks), ``words`` (word count)."""
+    marks, double or single), ``words`` (word count)."""
     body, speech, words = [], [], []
     for t in texts:
         w = _WORD.findall(t.lower())
         body.append(100.0 * sum(x in BODY_WORDS for x in w) / max(len(w), 1))
-        speech.append(sum(len(m) for m in _QUOTED.findall(t)) / max(len(t), 1))
+        speech.append(sum(len(a) + len(b) for a, b in _QUOTED.findall(t)) / max(len(t), 1))
         words.append(float(len(w)))
     return {"body": np.array(body), "speech": np.array(speech), "words": np.array(words)}
 
@@ -83,3 +86,32 @@ def components_vs_feature(scores: Any, texts: Sequence[str], labels: Sequence[An
     per_emotion = group_means(narrative_features(texts)[feature], labels, emotions)
     return {f"pc{i + 1}": correlation(np.asarray(scores)[:, i], per_emotion, n_boot=n_boot, n_perm=n_boot).as_dict()
             for i in range(k)}
+
+
+def narrative_report(pcs: Any, story_points: Any, texts: Sequence[str], labels: Sequence[Any],
+                     emotions: Sequence[Any], n_boot: int = 2000, n_random: int = 200) -> dict[str, Any]:
+    """Notebook 04's question "what does PC1 follow?": for each narrative feature, its per-emotion correlation
+    with the PC scores (:func:`components_vs_feature`), its within-emotion correlation with the stories'
+    projections on PC1 and PC2, and the 95th percentile of the same for random directions.
+
+    ``pcs`` is a :class:`~emolens.analyses.geometry.PCAResult` of the emotion vectors; ``story_points`` the
+    stories' activations, denoised and centred like the vectors."""
+    features = narrative_features(texts)
+    out: dict[str, Any] = {"per_emotion": {}, "within_emotion": {}, "random_direction_null_95": {}}
+    for name, f in features.items():
+        out["per_emotion"][name] = components_vs_feature(pcs.scores, texts, labels, emotions, feature=name,
+                                                         n_boot=n_boot)
+        out["within_emotion"][name] = {f"pc{k + 1}": within_group_r(story_points, pcs.components[k], f, labels)
+                                       for k in range(2)}
+        out["random_direction_null_95"][name] = float(np.percentile(
+            random_direction_null(story_points, f, labels, n=n_random, seed=0), 95))
+    return out
+
+
+def story_points(acts: Any, vectors: Any, layer: int) -> np.ndarray:
+    """Each story's pooled activation at ``layer`` with the vectors' neutral PCs projected out, centred."""
+    from emolens.vectors import project_out
+
+    j = vectors.layer_index(layer)
+    x = project_out(acts.means[:, acts.layers.index(layer)].float(), vectors.neutral_pcs[j].float()).numpy()
+    return x - x.mean(0)

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from emolens.stats import cosine
-from emolens.vectors import build_emotion_vectors, project_out
+from emolens.vectors import build_emotion_vectors
 
 N_FOLDS = 5
 
@@ -20,11 +20,6 @@ def topk_accuracy(scores: Any, labels: Sequence[int], k: int = 1) -> float:
     top = np.argsort(-s, axis=1)[:, :k]
     return float(np.mean([lab in row for lab, row in zip(labels, top)]))
 
-
-def rank_of_true(scores: Any, labels: Sequence[int]) -> np.ndarray:
-    """1-based rank of the true label in each row (1 = top)."""
-    s = np.asarray(scores)
-    return np.array([1 + int(np.sum(row > row[lab])) for row, lab in zip(s, labels)])
 
 
 def loo_centroid_scores(x: Any, labels: Sequence[int], n_classes: int) -> np.ndarray:
@@ -82,6 +77,8 @@ def heldout_scores(story_means: Any, counts: Any, labels: Sequence[str], topic_i
     ``random_directions_seed`` replaces every emotion vector by a random direction of the same norm: the
     matched-norm null, which shares everything with the real run except the directions.
     """
+    from dataclasses import replace
+
     folds = topic_folds(topic_ids, n_folds)
     keep = np.asarray(counts) > 0
     lab = np.array([list(emotions).index(e) for e in labels])
@@ -91,19 +88,17 @@ def heldout_scores(story_means: Any, counts: Any, labels: Sequence[str], topic_i
         test = np.where(folds == f)[0]
         ev = build_emotion_vectors(story_means[train], counts[train], [labels[i] for i in train], emotions, layers,
                                    neutral_cov if denoised else None, variance_fraction)
-        vecs = ev.vectors if denoised else ev.centred_raw()
         if random_directions_seed is not None:
             import torch
 
+            vecs = ev.vectors if denoised else ev.centred_raw()
             g = torch.Generator().manual_seed(random_directions_seed + f)
             r = torch.randn(vecs.shape, generator=g)
-            vecs = r / r.norm(dim=-1, keepdim=True) * vecs.norm(dim=-1, keepdim=True)
-        centre = ev.raw.mean(0)  # the training grand mean: test activations are read relative to it
-        for j in range(len(layers)):
-            x = story_means[test, j] - centre[j]
-            if denoised:
-                x = project_out(x, ev.neutral_pcs[j])  # the same projection the vectors went through
-            scores[test, j] = cosine(x.numpy(), vecs[:, j].numpy())
+            r = r / r.norm(dim=-1, keepdim=True) * vecs.norm(dim=-1, keepdim=True)
+            ev = replace(ev, vectors=r) if denoised else replace(ev, raw=r + ev.centre[None])
+        for j, layer in enumerate(layers):
+            # the one way a held-out story is scored: EmotionVectors.scores (training centre, neutral PCs)
+            scores[test, j] = ev.scores(story_means[test, j].nan_to_num(), layer, denoised)
     return HeldOut(scores[keep], lab[keep], list(layers), list(emotions))
 
 
@@ -168,3 +163,117 @@ def classification_with_controls(acts: Any, layer: int, cluster_of: Sequence[int
     out["shuffled labels"] = {m: bootstrap(np.mean, np.array([x[m].value for x in sh]), n_boot=n_boot)
                               for m in ("top1", "top5", "cluster")}
     return out
+
+
+# ---- the pieces of notebooks 00, 02 and 03, as calls ------------------------------------------------------
+
+def loo_classification(x: Any, labels: Sequence[int], n_classes: int, n_shuffles: int = 500,
+                       seed: int = 0) -> dict[str, float]:
+    """Leave-one-out nearest-centroid accuracy with its shuffled-label null and permutation p-value."""
+    from emolens.stats import permutation_p
+
+    acc = topk_accuracy(loo_centroid_scores(x, labels, n_classes), labels, 1)
+    null = shuffled_label_accuracies(x, labels, n_classes, n_shuffles=n_shuffles, seed=seed)
+    return {"accuracy": acc, "chance": 1 / n_classes, "shuffled_mean": float(null.mean()),
+            "shuffled_sd": float(null.std()), "p": permutation_p(null, acc)}
+
+
+def chance_levels(cluster_of: Sequence[int], n_clusters: int = 10) -> dict[str, float]:
+    """Chance accuracy of top-1, top-5 and same-cluster guesses for E emotions in the given clusters."""
+    E = len(cluster_of)
+    sizes = np.bincount(np.asarray(cluster_of), minlength=n_clusters)
+    return {"top1": 1 / E, "top5": min(5, E) / E, "cluster": float(np.sum((sizes / E) ** 2))}
+
+
+def agreement(a_correct: Any, b_correct: Any) -> dict[str, float]:
+    """How two classifiers' correct answers overlap: P(b right | a right), and each one's share of stories that
+    only it gets right."""
+    a, b = np.asarray(a_correct, float), np.asarray(b_correct, float)
+    return {"b_given_a": float(np.mean(a * b) / max(np.mean(a), 1e-9)), "only_a": float(np.mean(a * (1 - b))),
+            "only_b": float(np.mean(b * (1 - a)))}
+
+
+def shuffled_label_null(acts: Any, layer: int, variance_fraction: float = 0.5, n: int = 10,
+                        seed: int = 0) -> list[float]:
+    """Held-out top-1 accuracy at ``layer`` after permuting the story labels, ``n`` times."""
+    j = acts.layers.index(layer)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        perm = list(rng.permutation(acts.labels))
+        h = heldout_scores(acts.means[:, [j]], acts.counts, perm, acts.topic_ids, acts.emotions, [layer],
+                           acts.neutral_cov[[j]], variance_fraction)
+        out.append(float(h.accuracy(1)[0]))
+    return out
+
+
+def fold_vectors(acts: Any, fold: int, layer: int, variance_fraction: float = 0.5) -> Any:
+    """Vectors ``[E, d]`` at ``layer`` built without the stories of topic fold ``fold`` (for reading those
+    stories as held-out text)."""
+    folds = topic_folds(acts.topic_ids)
+    train = np.where(folds != fold)[0]
+    j = acts.layers.index(layer)
+    return build_emotion_vectors(acts.means[train][:, [j]], acts.counts[train], [acts.labels[i] for i in train],
+                                 acts.emotions, [layer], acts.neutral_cov[[j]], variance_fraction).at(layer)
+
+
+def fold_examples(acts: Any, fold: int, emotions: Sequence[str]) -> list[Any]:
+    """The first story of each emotion in topic fold ``fold``."""
+    folds = topic_folds(acts.topic_ids)
+    held = [s for s, f in zip(acts.stories, folds) if f == fold]
+    return [next(s for s in held if s.emotion == e) for e in emotions if any(s.emotion == e for s in held)]
+
+
+def implicit_scenarios(model: Any, vectors: Any, layer: int, scenarios: Sequence[Any], baseline: Sequence[str],
+                       n_perm: int = 2000) -> dict[str, Any]:
+    """Assistant-colon readouts of scenarios that evoke an emotion without naming it (paper Figure 2), relative
+    to neutral user messages: the mean readout per scenario emotion, and how often the intended emotion ranks
+    first or in the top 3, each against a label-permutation null. ``vectors`` is an EmotionVectors subset."""
+    from emolens.readout import colon_readout
+    from emolens.stats import rank_permutation_test
+
+    bridge, spec = model
+    names = vectors.emotions
+    base = colon_readout(bridge, spec, list(baseline), vectors, layer).numpy().mean(0)
+    R = colon_readout(bridge, spec, [s.text for s in scenarios], vectors, layer).numpy() - base
+    true = np.array([names.index(s.emotion) for s in scenarios])
+    out = rank_permutation_test(R, true, (1, 3), n_perm, seed=1)
+    out["emotions"] = list(names)
+    out["mean_readout"] = np.stack([R[true == i].mean(0) for i in range(len(names))])
+    return out
+
+
+def numeric_sweep(model: Any, directions: Any, names: Sequence[str], layer: int, template: Any,
+                  random_dirs: Any, values: Sequence[float] | None = None, n_boot: int = 1000,
+                  n_perm: int = 1000) -> dict[str, Any]:
+    """Readouts at the Assistant colon as a number in the prompt grows (paper Figure 3): per direction, the
+    Spearman correlation with the number (bootstrap CI, permutation p), whether its sign is the expected one,
+    and the share of random directions that move at least as much (the null shaped like the question).
+
+    ``directions`` ``[E, d]``; ``random_dirs`` ``[R, d]`` (e.g. ``stats.random_directions``)."""
+    import torch
+
+    from emolens.readout import colon_activations, project
+    from emolens.stats import correlation, exceedance, spearman
+
+    bridge, spec = model
+    values = list(template.values if values is None else values)
+    h = colon_activations(bridge, spec, [template.template.format(x=v) for v in values], layer)  # one pass
+    r = project(h, torch.as_tensor(directions, dtype=torch.float32)).numpy()
+    rr = project(h, torch.as_tensor(random_dirs, dtype=torch.float32)).numpy()
+    random_rho = np.array([spearman(values, rr[:, j]) for j in range(rr.shape[1])])
+    per = {}
+    for i, e in enumerate(names):
+        est = correlation(values, r[:, i], "spearman", n_boot=n_boot, n_perm=n_perm)
+        exp = template.expected.get(e, 0)
+        per[e] = dict(est.as_dict(), expected=exp, as_expected=(None if exp == 0 else bool(np.sign(est.value) == exp)),
+                      random_share=exceedance(random_rho, est.value))
+    return {"values": values, "readout": r, "random_rho": random_rho, "per_direction": per}
+
+
+def expected_direction_counts(sweeps: dict[str, dict[str, Any]], alpha: float = 0.05) -> dict[str, int]:
+    """Across numeric sweeps: expected signs that hold, and those that also beat (1 - alpha) of random directions."""
+    rows = [v for s in sweeps.values() for v in s.values()]
+    checked = [v for v in rows if v["as_expected"] is not None]
+    return {"hold": sum(bool(v["as_expected"]) for v in checked), "checked": len(checked),
+            "hold_and_beat_random": sum(1 for v in checked if v["as_expected"] and v["random_share"] < alpha)}

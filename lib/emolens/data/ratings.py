@@ -4,9 +4,10 @@ The wheel is installed without its dependencies and never imported (its ``__init
 install): we locate its data file and read it. Nothing is copied into this repository (CC BY-NC-SA 4.0).
 
 Matching an emotion word to a norm entry: the exact word first; otherwise, for single words only, simple lemma
-fallbacks (``-ied`` -> ``-y``, ``-ing``/``-ed`` -> ``-e`` or ``''``, doubled final consonant). Multi-word and
-hyphenated entries ("at ease", "grief-stricken") are not matched. ``match_ratings`` reports which rule matched
-each word, so a notebook can say exactly what was compared.
+fallbacks (``-ied`` -> ``-y``, ``-ing``/``-ed`` -> ``-e`` or ``''``, doubled final consonant, ``-cked`` -> ``-c``).
+Multi-word and hyphenated entries ("at ease", "grief-stricken") are not matched. A fallback that lands on
+another sense of the word (``OTHER_SENSE``: "resigned" is not "resign", to quit a post) is left out, and said.
+``match_ratings`` reports which rule matched each word, so a notebook can say exactly what was compared.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ from pathlib import Path
 from typing import Sequence
 
 WARRINER_FILE = ("data", "WK", "BRM-emot-submit.csv.gz")
+
+# Lemma fallbacks that would compare an emotion with another sense of its stem: not used as ratings.
+OTHER_SENSE = {
+    "resigned": "resign (to quit a post)",
+    "alarmed": "alarm (a warning device or signal)",
+    "rattled": "rattle (a toy; a clattering noise)",
+    "trapped": "trap (a device for catching)",
+}
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,8 @@ def _candidates(word: str) -> list[tuple[str, str]]:
         out += [(w[:-1], "-ed -> -e"), (w[:-2], "-ed -> ''")]
         if len(w) > 4 and w[-3] == w[-4]:
             out.append((w[:-3], "doubled consonant"))
+        if w.endswith("cked"):
+            out.append((w[:-3], "-cked -> -c"))  # panicked -> panic
     return out
 
 
@@ -73,8 +84,24 @@ def match_ratings(words: Sequence[str], norms: dict[str, tuple[float, float, flo
     out = {}
     for w in words:
         for cand, rule in _candidates(w):
+            if rule != "exact" and w.lower() in OTHER_SENSE:
+                continue
             if cand in norms:
                 v, a, d = norms[cand]
                 out[w] = Rating(cand, v, a, d, rule)
                 break
+    return out
+
+
+def match_report(words: Sequence[str], ratings: dict[str, Rating]) -> dict[str, list[str]]:
+    """What was compared: words matched exactly, through each fallback, left out as another sense, or absent."""
+    out: dict[str, list[str]] = {}
+    for w in words:
+        if w in ratings:
+            r = ratings[w]
+            out.setdefault(r.rule, []).append(w if r.rule == "exact" else f"{w}->{r.word}")
+        elif w.lower() in OTHER_SENSE:
+            out.setdefault("left out: other sense", []).append(f"{w} (not {OTHER_SENSE[w.lower()]})")
+        else:
+            out.setdefault("not covered", []).append(w)
     return out

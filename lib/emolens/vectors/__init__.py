@@ -11,9 +11,11 @@ from emolens.vectors.core import (
     FORMAT_VERSION,
     EmotionVectors,
     build_emotion_vectors,
+    denoising_kept,
     emotion_means,
     neutral_components,
     project_out,
+    variance_curve,
 )
 from emolens.vectors.recipe import (
     EXTRACT_VERSION,
@@ -28,7 +30,7 @@ from emolens.vectors.recipe import (
     story_activations,
 )
 
-__all__ = ["EXTRACT_VERSION", "FORMAT_VERSION", "CorpusActivations", "EmotionVectors", "build_emotion_vectors",
+__all__ = ["EXTRACT_VERSION", "FORMAT_VERSION", "CorpusActivations", "EmotionVectors", "build_emotion_vectors", "denoising_kept",
            "committed_path", "corpus_activations", "emotion_means", "emotion_vectors", "first_per_emotion",
            "load_or_build", "neutral_components", "neutral_covariance", "neutral_texts", "project_out", "rms_norms",
-           "select_emotions", "story_activations", "vectors_from", "vectors_key"]
+           "select_emotions", "story_activations", "variance_curve", "vectors_from", "vectors_key"]

@@ -308,3 +308,18 @@ def build_emotion_vectors(story_means: Any, counts: Any, labels: Sequence[str], 
               skipped_stories=skipped, n_stories=int((counts > 0).sum()))
     return EmotionVectors(list(emotions), list(layers), raw, vecs, pcs, st, dict(provenance or {}), raw.mean(0),
                           residual_norms)
+
+
+def denoising_kept(vectors: EmotionVectors, layer: int) -> Any:
+    """Per emotion, the share of the centred vector's norm that survives the neutral projection at ``layer``.
+    For an orthogonal projection this equals cos(raw, denoised), so it is the one number to report."""
+    raw = vectors.at(layer, denoised=False)
+    return (vectors.at(layer).norm(dim=-1) / raw.norm(dim=-1).clamp(min=1e-12)).numpy()
+
+
+def variance_curve(cov: Any, k: int = 100) -> Any:
+    """Cumulative share of variance of the top ``k`` principal components of a covariance ``[d, d]``."""
+    import torch
+
+    evals = torch.linalg.eigvalsh(cov.double()).flip(0).clamp(min=0)
+    return (evals.cumsum(0) / evals.sum())[:k].numpy()
