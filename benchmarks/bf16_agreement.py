@@ -16,7 +16,7 @@ import torch
 def main() -> None:
     from emolens.data import load_emotions
     from emolens.models import load_model
-    from emolens.recipe import corpus_activations
+    from emolens.vectors import corpus_activations
 
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="smollm2-135m-instruct")

@@ -3,7 +3,7 @@
 Usage: python benchmarks/extraction.py [--model NAME] [--n 256] [--dtype float32|bfloat16] [--batch-size 8]
                                        [--rounds 3] [--naive-n 32] [--json PATH]
 
-(a)  emolens.extract.pooled_means over all layers: TransformerLens hooks on the bridge, pooled on the fly,
+(a)  emolens.activations.pooled_means over all layers: TransformerLens hooks on the bridge, pooled on the fly,
      block insides run as plain HF modules (emolens.fastpath, the default);
 (a0) the same with fast=False: every bridge wrapper and the bridge's step-by-step attention;
 (b)  the practical limit: a separately loaded, plain HF model of the same weights (its default attention,
@@ -81,7 +81,7 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def run(model: str, n: int, dtype: str, batch_size: int, naive_n: int, rounds: int) -> dict[str, Any]:
-    from emolens.extract import Pooling, length_batches, pooled_means
+    from emolens.activations import Pooling, length_batches, pooled_means
     from emolens.models import load_model
 
     torch.set_grad_enabled(False)
@@ -143,7 +143,7 @@ def _cpu_name() -> str:
 def memory_child(model: str, n: int, dtype: str, batch_size: int) -> float:
     """Peak RSS (GB) of a fresh process that loads the model and runs (a) alone on ``n`` texts."""
     code = ("import sys, resource, torch; sys.path.insert(0, 'benchmarks'); from extraction import *; "
-            "from emolens.extract import Pooling, pooled_means; from emolens.models import load_model; "
+            "from emolens.activations import Pooling, pooled_means; from emolens.models import load_model; "
             "torch.set_grad_enabled(False); "
             f"b, s = load_model({model!r}, dtype={dtype!r}, verify=False); "
             f"pooled_means(b, s, texts_for_benchmark({n}), None, Pooling(), batch_size={batch_size}, progress=False); "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -33,13 +34,40 @@ def test_hygiene(path):
         assert needed in title, f"title cell lacks '{needed}'"
 
 
+GOLDEN = ROOT / "tests" / "golden" / "fast.json"
+
+
+def _at(d, dotted):
+    for k in dotted.split("."):
+        d = d[k]
+    return d
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_executes_in_fast_mode(path, tmp_path, monkeypatch):
+def test_executes_in_fast_mode_with_golden_numbers(path, tmp_path, monkeypatch):
+    """Each notebook runs in fast mode, writes only under the temporary folder, and its key numbers equal the
+    committed golden values (dependencies are pinned exactly, so a drift is a change worth seeing).
+    EMOLENS_UPDATE_GOLDEN=1 rewrites the golden values from this run instead."""
     sys.path.insert(0, str(ROOT / "tools"))
     from run_notebooks import execute
 
     monkeypatch.setenv("EMOLENS_FAST", "1")
     monkeypatch.setenv("EMOLENS_FIGURES", str(tmp_path / "figures"))  # never overwrite the real figures
     execute(path, tmp_path / "reports", timeout=1800)
-    assert list((tmp_path / "figures").glob(f"{path.name[:2]}_*")), "the notebook wrote no figure or results"
+    nb = path.name[:2]
+    written = list((tmp_path / "figures").rglob(f"{nb}_*"))
+    assert written, "the notebook wrote no figure or results"
+    results = json.loads(next(p for p in written if p.name == f"{nb}_results.json").read_text())
+    assert results["_mode"] == "fast"
+    golden = json.loads(GOLDEN.read_text())
+    if os.environ.get("EMOLENS_UPDATE_GOLDEN") == "1":
+        golden[nb] = {k: _at(results, k) for k in golden.get(nb, {})}
+        GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
+        return
+    for key, want in golden.get(nb, {}).items():
+        got = _at(results, key)
+        if isinstance(want, float) or (isinstance(want, list) and all(isinstance(x, float) for x in want)):
+            assert got == pytest.approx(want, rel=1e-3, abs=2e-3), key
+        else:
+            assert got == want, key

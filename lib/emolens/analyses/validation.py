@@ -67,6 +67,13 @@ class HeldOut:
     def accuracy(self, k: int = 1) -> np.ndarray:
         return np.array([topk_accuracy(self.scores[:, j], self.labels, k) for j in range(len(self.layers))])
 
+    def top1_estimate(self, layer: int, n_boot: int = 2000) -> Any:
+        """Top-1 accuracy at ``layer`` with a bootstrap CI over stories."""
+        from emolens.stats import bootstrap
+
+        j = self.layers.index(layer)
+        return bootstrap(np.mean, (self.scores[:, j].argmax(1) == self.labels).astype(float), n_boot=n_boot)
+
 
 def heldout_scores(story_means: Any, counts: Any, labels: Sequence[str], topic_ids: Sequence[int],
                    emotions: Sequence[str], layers: Sequence[int], neutral_cov: Any | None,
@@ -268,7 +275,8 @@ def numeric_sweep(model: Any, directions: Any, names: Sequence[str], layer: int,
         exp = template.expected.get(e, 0)
         per[e] = dict(est.as_dict(), expected=exp, as_expected=(None if exp == 0 else bool(np.sign(est.value) == exp)),
                       random_share=exceedance(random_rho, est.value))
-    return {"values": values, "readout": r, "random_rho": random_rho, "per_direction": per}
+    return {"values": values, "readout": r, "random_rho": random_rho, "per_direction": per,
+            "random_abs_rho_95": float(np.quantile(np.abs(random_rho), 0.95))}
 
 
 def expected_direction_counts(sweeps: dict[str, dict[str, Any]], alpha: float = 0.05) -> dict[str, int]:

@@ -61,3 +61,11 @@ def blind_agreement(labels: dict[str, list[str]], stories: Sequence[Story], n_bo
     out["chance"] = {"top1": 1 / len(emos), "top5": 5 / len(emos),
                      "cluster_top1": float(((sizes / sizes.sum()) ** 2).sum())}  # matching the cluster base rates
     return out
+
+
+def confusions(labels: dict[str, list[str]], stories: Sequence[Story], k: int = 8) -> list[tuple[tuple[str, str], int]]:
+    """The ``k`` most common (intended, first guess) pairs where the reader's first guess was wrong."""
+    from collections import Counter
+
+    by_id = {s.id: s for s in stories}
+    return Counter((by_id[i].emotion, g[0]) for i, g in labels.items() if g[0] != by_id[i].emotion).most_common(k)
