@@ -53,23 +53,29 @@ def trace_figure(rows: Sequence[tuple[str, Sequence[str], Sequence[float]]], wid
             n += len(t)
         lines.append(cur)
         layouts.append((title, lines))
-    height = sum(len(lines) + 1.5 for _, lines in layouts) * 0.22
-    fig, ax = plt.subplots(figsize=(width * 0.105, height))
+    # One data unit = one monospace character advance (DejaVu Sans Mono: 0.602 em), with the axes filling the
+    # figure, so tokens sit edge to edge as the text reads ("slanted", not "sl anted").
+    size = 7.5
+    char_in = size * 0.602 / 72
+    line_in = size * 1.6 / 72
+    n_lines = sum(len(lines) + 1.7 for _, lines in layouts)
+    fig = plt.figure(figsize=(width * char_in + 0.2, n_lines * line_in + 0.2), layout="none")
+    ax = fig.add_axes((0.1 / (width * char_in + 0.2), 0, 1 - 0.2 / (width * char_in + 0.2), 1))
     ax.axis("off")
     y = 0.0
     for title, lines in layouts:
-        ax.text(0, -y, title, fontsize=8, fontweight="bold", va="top", family="monospace")
+        ax.text(0, -y, title, fontsize=size + 0.5, fontweight="bold", va="top", family="DejaVu Sans Mono")
         y += 1.2
         for line in lines:
             x = 0
             for t, c in line:
-                ax.text(x, -y, t, fontsize=7.5, va="top", family="monospace",
-                        bbox=dict(facecolor=_rgba(c), edgecolor="none", pad=0.5))
+                ax.text(x, -y, t, fontsize=size, va="top", family="DejaVu Sans Mono",
+                        bbox=dict(facecolor=_rgba(c), edgecolor="none", pad=0.0))
                 x += len(t)
             y += 1
         y += 0.5
     ax.set_xlim(0, width)
-    ax.set_ylim(-y, 0.5)
+    ax.set_ylim(-y, 0.3)
     return fig
 
 

@@ -146,10 +146,14 @@ def load_activities(data_dir: Path | None = None) -> list[Activity]:
     return out
 
 
+def _string_records(path: Path, cls: Any, keys: tuple[str, ...]) -> list[Any]:
+    """Records whose fields are all strings, in ``keys`` order."""
+    return [cls(*(field(o, k, str, f"{path}:{n}") for k in keys)) for n, o in read_jsonl(path)]
+
+
 def load_user_assistant(data_dir: Path | None = None) -> list[UserAssistantPrompt]:
-    path = _root(data_dir) / "eval" / "user_assistant.jsonl"
-    keys = ("id", "text", "user_emotion", "assistant_emotion", "note")
-    return [UserAssistantPrompt(*(field(o, k, str, f"{path}:{n}") for k in keys)) for n, o in read_jsonl(path)]
+    return _string_records(_root(data_dir) / "eval" / "user_assistant.jsonl", UserAssistantPrompt,
+                           ("id", "text", "user_emotion", "assistant_emotion", "note"))
 
 
 def load_minimal_pairs(data_dir: Path | None = None) -> list[MinimalPair]:
@@ -170,9 +174,8 @@ def load_minimal_pairs(data_dir: Path | None = None) -> list[MinimalPair]:
 
 
 def load_negation_pairs(data_dir: Path | None = None) -> list[NegationPair]:
-    path = _root(data_dir) / "eval" / "negation_pairs.jsonl"
-    keys = ("id", "emotion", "affirmed", "negated", "context")
-    return [NegationPair(*(field(o, k, str, f"{path}:{n}") for k in keys)) for n, o in read_jsonl(path)]
+    return _string_records(_root(data_dir) / "eval" / "negation_pairs.jsonl", NegationPair,
+                           ("id", "emotion", "affirmed", "negated", "context"))
 
 
 def load_all_sets(data_dir: Path | None = None) -> dict[str, Any]:
