@@ -362,3 +362,25 @@ def test_data_loader_errors_name_the_place(tmp_path):
     with pytest.raises(DataError, match="calm.jsonl:1: missing field"):
         load_stories(tmp_path)
 
+
+
+def test_thread_count_is_chosen_on_purpose(monkeypatch):
+    from emolens.models.load import choose_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("EMOLENS_THREADS", "1")
+        assert choose_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("EMOLENS_THREADS", "two")
+        with pytest.raises(ModelError, match="EMOLENS_THREADS"):
+            choose_threads()
+        monkeypatch.delenv("EMOLENS_THREADS")
+        import os
+
+        monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.0, 1.0))  # another process is busy
+        cores = len(os.sched_getaffinity(0))
+        assert choose_threads() == max(1, cores - 1)
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+        assert choose_threads() == cores
+    finally:
+        torch.set_num_threads(before)

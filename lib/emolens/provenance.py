@@ -38,6 +38,12 @@ def library_versions() -> dict[str, str]:
 def provenance(spec: Any | None = None) -> dict[str, Any]:
     info: dict[str, Any] = {"git_commit": git_commit(), "python": platform.python_version(),
                             "machine": f"{platform.machine()}, {platform.system()}", "libraries": library_versions()}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
     if spec is not None:
         info.update(model=spec.name, hf_name=spec.hf_name, weight_source=spec.weight_source,
                     weight_sha256=spec.weight_sha256, quantization=spec.quantization, dtype=spec.dtype,
