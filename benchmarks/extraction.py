@@ -25,7 +25,8 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -55,9 +56,8 @@ def peak_rss_gb() -> float:
 
 def plain_hf(model: str, dtype: str) -> Any:
     """A fresh HF model from the same cached weights, untouched by the bridge (which rewires its own copy)."""
-    from transformers import AutoModelForCausalLM
-
     from emolens.models.embedded import EMBEDDED, ensure_converted
+    from transformers import AutoModelForCausalLM
 
     source = str(ensure_converted(model, verify=False)[0]) if model in EMBEDDED else model
     hf = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype)).eval()
@@ -115,7 +115,7 @@ def run(model: str, n: int, dtype: str, batch_size: int, naive_n: int, rounds: i
         order = list(methods)[r % len(methods):] + list(methods)[:r % len(methods)]
         for j in range(len(batches)):
             for k in order:
-                per_batch[k][j][r] = timed(lambda: methods[k](j))
+                per_batch[k][j][r] = timed(lambda k=k, j=j: methods[k](j))
         naive.append(timed(lambda: [c(t) for t in texts[:naive_n]]) * len(texts) / naive_n)
     best = {k: sum(min(rs) for rs in v) for k, v in per_batch.items()}
     median = {k: statistics.median(sum(v[j][r] for j in range(len(batches))) for r in range(rounds))

@@ -10,14 +10,12 @@ import zipfile
 
 import pytest
 import torch
-
-from emolens.cache import CacheError, cached, load_tensors, save_tensors
 from emolens.activations import Pooling
+from emolens.cache import CacheError, cached, load_tensors, save_tensors
 from emolens.interventions import ablation, steering
 from emolens.models.spec import ModelError
 from emolens.provenance import provenance
-from emolens.vectors import story_activations
-from emolens.vectors import EmotionVectors, build_emotion_vectors
+from emolens.vectors import EmotionVectors, build_emotion_vectors, story_activations
 
 
 def _vectors(spec, emotions=("a", "b", "c"), layers=(0, 1), model=None, seed=0):

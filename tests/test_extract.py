@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from emolens.activations import (Pooling, length_batches, neutral_statistics, pool_positions, pooled_means,
-                             special_ids, token_residuals)
+from emolens.activations import (
+    Pooling,
+    length_batches,
+    neutral_statistics,
+    pool_positions,
+    pooled_means,
+    special_ids,
+    token_residuals,
+)
 
 
 def slow_pooled_means(bridge, spec, texts, layers, start):

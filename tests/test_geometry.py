@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from emolens.analyses.geometry import (anchors_for, cluster_order, cosine_matrix, geometry_summary, pca,
-                              second_order_similarity)
+from emolens.analyses.geometry import (
+    anchors_for,
+    cluster_order,
+    cosine_matrix,
+    geometry_summary,
+    pca,
+    second_order_similarity,
+)
 from emolens.data.ratings import Rating, match_ratings
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from emolens.interventions import ablation, residual_norm, steering
 
 

@@ -6,10 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from emolens.analyses.validation import loo_centroid_scores, topk_accuracy
-from emolens.stats import rank_of_true
-from emolens.stats import bootstrap, correlation, random_directions
+from emolens.stats import bootstrap, correlation, random_directions, rank_of_true
 
 
 def test_correlation_ci_and_permutation():
@@ -52,7 +50,6 @@ def test_save_figure_is_deterministic(isolated_cache):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from emolens.plotting import save_figure
 
     def draw():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from emolens.models import EMBEDDED, ModelError, default_probe_layer, load_model, tiny_model
 
 

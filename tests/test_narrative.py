@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-
-from emolens.analyses.narrative import (group_means, narrative_features, random_direction_null, within_group_r,
-                               within_groups)
+from emolens.analyses.narrative import (
+    group_means,
+    narrative_features,
+    random_direction_null,
+    within_group_r,
+    within_groups,
+)
 
 
 def test_features_by_hand():
@@ -47,9 +51,9 @@ def test_components_vs_feature_finds_the_planted_component():
 
 
 def test_body_words_hold_no_emotion_vocabulary():
+    from emolens.analyses.narrative import BODY_WORDS
     from emolens.data import load_emotions
     from emolens.data.leaks import load_banned_words
-    from emolens.analyses.narrative import BODY_WORDS
 
     assert not BODY_WORDS & {e.emotion for e in load_emotions()}
     banned = load_banned_words()

@@ -31,3 +31,23 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "make test" in ci and "make test" in readme and "make run" in readme
+
+
+def test_pins_and_no_deps_wheels_are_declared_where_the_environment_is():
+    make = (ROOT / "Makefile").read_text()
+    assert "-c constraints.txt" in make and "--no-deps -r requirements-nodeps.txt" in make
+    assert "requirements-nodeps.txt" in (ROOT / "environment.yml").read_text()
+    pins = {_name(l.split("==")[0]): l.split("==")[1] for l in (ROOT / "constraints.txt").read_text().splitlines()
+            if "==" in l and not l.startswith("#")}
+    py = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for req in py["dependencies"] + py["optional-dependencies"]["dev"]:
+        assert _name(req) in pins, f"{req} has no exact pin in constraints.txt (run make lock)"
+    for line in (ROOT / "requirements-nodeps.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("#")[0].strip().split("==")
+            assert pins.get(_name(name)) == version, f"{name} pinned differently in constraints.txt"
+
+
+def test_ci_lints_and_notebooks_are_stripped_on_commit():
+    assert "make lint" in (ROOT / ".ci" / "run").read_text()
+    assert "filter=nbstripout" in (ROOT / ".gitattributes").read_text()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from emolens.activations import token_residuals
 from emolens.readout import colon_activations, project, token_readout
 

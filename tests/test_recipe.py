@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from emolens.activations import Pooling
-from emolens.vectors import emotion_vectors, story_activations
-from emolens.vectors import EmotionVectors
+from emolens.vectors import EmotionVectors, emotion_vectors, story_activations
 
 LABELS = ["a", "b", "a", "b", "a", "b"]
 

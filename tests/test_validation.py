@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from emolens.data import DataError
-from emolens.data.sets import load_all_sets, load_minimal_pairs
-from emolens.data.generation import parse_stories, story_prompt
 from emolens.analyses.validation import heldout_scores, topic_folds
+from emolens.data import DataError
+from emolens.data.generation import parse_stories, story_prompt
+from emolens.data.sets import load_all_sets, load_minimal_pairs
 
 
 def test_heldout_recovers_planted_emotions_and_never_sees_test_topics():

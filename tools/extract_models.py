@@ -15,7 +15,6 @@ import time
 
 def main(names: list[str]) -> None:
     import torch
-
     from emolens.defaults import other_models
     from emolens.models import load_model
     from emolens.vectors import corpus_activations

@@ -14,9 +14,10 @@ first 50 tokens of the story whatever the BOS convention.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from emolens.models.spec import ModelError, ModelSpec
 

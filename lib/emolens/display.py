@@ -4,7 +4,8 @@ for figures/), and an ipywidgets explorer to try any text, emotion and layer."""
 from __future__ import annotations
 
 import html
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -19,7 +19,8 @@ architecture, both padding sides.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 
 def _is_component(module: Any) -> bool:

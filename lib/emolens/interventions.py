@@ -6,8 +6,9 @@ paper (e.g. 0.05 adds a vector 5% as long as a typical token's residual).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from emolens.activations import forward_layers, hook_name, pool_positions, special_ids
 from emolens.models.spec import ModelSpec

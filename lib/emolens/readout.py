@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from emolens.activations import Pooling, forward_layers, pooled_means, special_ids, token_residuals
 from emolens.models.spec import ModelSpec

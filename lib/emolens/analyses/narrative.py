@@ -10,7 +10,8 @@ the body cannot create the correlation on its own.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -1,5 +1,6 @@
 """Typed loaders, the topic plan and validators for the corpus in ``data/``."""
 
+from emolens.data.leaks import BannedWords, load_banned_words
 from emolens.data.records import (
     DataError,
     Emotion,
@@ -11,7 +12,6 @@ from emolens.data.records import (
     planned_slot,
     read_jsonl,
 )
-from emolens.data.leaks import BannedWords, load_banned_words
 
 __all__ = [
     "BannedWords",

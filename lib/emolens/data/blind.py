@@ -8,11 +8,12 @@ bootstrap CI and its chance level.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from emolens.paths import data_dir as repo_data_dir
 from emolens.data.records import DataError, Story, field, load_emotions, read_jsonl
+from emolens.paths import data_dir as repo_data_dir
 
 BLIND_FILE = "blind_read.jsonl"
 

@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field as dfield
+from dataclasses import dataclass
+from dataclasses import field as dfield
 from itertools import combinations
 from pathlib import Path
 
-from emolens.paths import data_dir as repo_data_dir
 from emolens.data.leaks import load_banned_words
 from emolens.data.records import (
-
     STORIES_PER_EMOTION,
     load_emotions,
     load_stories,
     load_topics,
     planned_slot,
 )
+from emolens.paths import data_dir as repo_data_dir
 
 MIN_WORDS, MAX_WORDS = 90, 170
 NEAR_DUPLICATE_JACCARD = 0.5  # 5-word shingles; independently written paragraphs score well below 0.1
@@ -66,7 +66,7 @@ def near_duplicates(texts: dict[str, str], threshold: float = NEAR_DUPLICATE_JAC
             for a, b in combinations(sorted(ids), 2):
                 shared[(a, b)] += 1
     out = []
-    for (a, b), n in shared.items():
+    for a, b in shared:
         j = jaccard(sh[a], sh[b])
         if j >= threshold:
             out.append((a, b, round(j, 3)))

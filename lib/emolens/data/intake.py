@@ -12,11 +12,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from emolens.paths import data_dir as repo_data_dir
 from emolens.data.check import MAX_WORDS, MIN_WORDS, jaccard, shingles, words
 from emolens.data.leaks import load_banned_words
 from emolens.data.plan import V2_WRITERS, Slot, v2_plan, writer_order
 from emolens.data.records import DataError, load_emotions, load_stories, load_topics, read_jsonl
+from emolens.paths import data_dir as repo_data_dir
 
 # Stock phrases STYLE.md asks writers to avoid; a story containing one is sent back.
 STOCK_PHRASES = ("knot in my stomach", "knot in her stomach", "knot in his stomach", "heart pounding",

@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from emolens.paths import data_dir as repo_data_dir
 from emolens.data.records import DataError, field, read_jsonl
+from emolens.paths import data_dir as repo_data_dir
 
 
 def _pattern(term: str) -> str:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import csv
 import gzip
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 WARRINER_FILE = ("data", "WK", "BRM-emot-submit.csv.gz")
 

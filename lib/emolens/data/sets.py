@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emolens.paths import data_dir as repo_data_dir
 from emolens.data.records import DataError, field, read_jsonl
+from emolens.paths import data_dir as repo_data_dir
 
 ACTIVITY_CATEGORIES = ("helpful", "engaging", "social", "self_curiosity", "neutral", "aversive", "misaligned",
                        "unsafe")

@@ -50,8 +50,14 @@ def tiny_tokenizer(chat: bool) -> Any:
 
 
 def _hf_model(arch: str, vocab: int, n_layers: int, d_model: int) -> Any:
-    from transformers import (GPT2Config, GPT2LMHeadModel, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig,
-                              LlamaForCausalLM)
+    from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     common = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if arch == "llama":

@@ -9,8 +9,9 @@ settings or another corpus is never used.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from emolens.activations import Pooling, resolve_layers
 from emolens.cache import CacheError, content_hash

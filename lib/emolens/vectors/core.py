@@ -7,10 +7,11 @@ that together explain ``variance_fraction`` of their variance are projected out,
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from emolens.cache import load_tensors, save_tensors
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from emolens.cache import cached, content_hash
 from emolens.activations import Pooling, checkpointed, neutral_statistics, pooled_means, resolve_layers
+from emolens.cache import cached, content_hash
 from emolens.models.spec import ModelSpec
 from emolens.paths import cache_dir
 from emolens.provenance import provenance
