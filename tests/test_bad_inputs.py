@@ -10,6 +10,7 @@ import zipfile
 
 import pytest
 import torch
+
 from emolens.activations import Pooling
 from emolens.cache import CacheError, cached, load_tensors, save_tensors
 from emolens.interventions import ablation, steering

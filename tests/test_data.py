@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from emolens.data import DataError, load_emotions, load_stories, load_topics, planned_slot
 from emolens.data.check import check_corpus, near_duplicates
 from emolens.data.leaks import BannedWords

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from emolens.activations import (
     Pooling,
     length_batches,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from emolens.activations import Pooling, neutral_statistics, pooled_means, token_residuals
 from emolens.fastpath import fast_path_blockers, hf_internals, maybe_hf_internals
 

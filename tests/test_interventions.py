@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from emolens.interventions import ablation, residual_norm, steering
 
 
@@ -75,9 +76,16 @@ def test_bad_direction_shape(tiny_llama):
             pass
 
 
-def test_residual_norm_positive(tiny_llama):
+def test_residual_norm_is_the_median_over_ordinary_tokens(tiny_llama):
+    from emolens.activations import pool_positions, special_ids, token_residuals
+
     bridge, spec = tiny_llama
-    assert residual_norm(bridge, spec, ["The fox sleeps by the stove."], 1) > 0
+    texts = ["The fox sleeps by the stove.", "A much longer sentence about the fox and the stove and the cat."]
+    want = []
+    for t in texts:  # the obvious loop: every token's norm except position 0 and special tokens
+        ids, res = token_residuals(bridge, spec, t, [1])
+        want += [float(res[p, 0].norm()) for p in pool_positions(ids, special_ids(spec))]
+    assert residual_norm(bridge, spec, texts, 1) == pytest.approx(float(torch.tensor(want).median()), rel=1e-5)
 
 
 @pytest.mark.parametrize("where", ["all", "inside_prompt", "during_reply", "never"])

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from emolens.analyses.validation import loo_centroid_scores, topk_accuracy
 from emolens.stats import bootstrap, correlation, random_directions, rank_of_true
 
@@ -50,6 +51,7 @@ def test_save_figure_is_deterministic(isolated_cache):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     from emolens.plotting import save_figure
 
     def draw():

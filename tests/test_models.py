@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from emolens.models import EMBEDDED, ModelError, default_probe_layer, load_model, tiny_model
 
 
@@ -14,6 +15,9 @@ def test_tiny_models_build_and_run(tiny_any):
     logits = bridge(torch.tensor([ids]))
     assert logits.shape == (1, len(ids), len(spec.tokenizer))
     assert spec.probe_layer == default_probe_layer(spec.n_layers)
+    # the bridge computes what the HF model it wraps computes
+    hf_logits = bridge.original_model(torch.tensor([ids])).logits
+    assert torch.allclose(logits, hf_logits, atol=1e-4)
 
 
 def test_tiny_model_is_deterministic_in_seed():

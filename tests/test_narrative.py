@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from emolens.analyses.narrative import (
     group_means,
     narrative_features,

@@ -37,8 +37,8 @@ def test_pins_and_no_deps_wheels_are_declared_where_the_environment_is():
     make = (ROOT / "Makefile").read_text()
     assert "-c constraints.txt" in make and "--no-deps -r requirements-nodeps.txt" in make
     assert "requirements-nodeps.txt" in (ROOT / "environment.yml").read_text()
-    pins = {_name(l.split("==")[0]): l.split("==")[1] for l in (ROOT / "constraints.txt").read_text().splitlines()
-            if "==" in l and not l.startswith("#")}
+    pins = {_name(r.split("==")[0]): r.split("==")[1] for r in (ROOT / "constraints.txt").read_text().splitlines()
+            if "==" in r and not r.startswith("#")}
     py = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     for req in py["dependencies"] + py["optional-dependencies"]["dev"]:
         assert _name(req) in pins, f"{req} has no exact pin in constraints.txt (run make lock)"

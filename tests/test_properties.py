@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from emolens.activations import length_batches, pool_positions
-from emolens.cache import content_hash, meta_digest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from emolens.activations import length_batches, pool_positions
+from emolens.cache import content_hash, meta_digest
 
 SPECIALS = {0, 1, 2}
 tokens = st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=60)

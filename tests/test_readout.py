@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from emolens.activations import token_residuals
 from emolens.readout import colon_activations, project, token_readout
 
@@ -26,7 +27,13 @@ def test_project_cosine_and_dot():
     assert torch.allclose(project(x, v, "dot"), torch.tensor([[3.0, 4.0]]))
 
 
-def test_token_readout_lengths(tiny_llama):
+def test_token_readout_is_the_cosine_of_each_tokens_residual(tiny_llama):
+    from emolens.activations import token_residuals
+
     bridge, spec = tiny_llama
-    toks, vals = token_readout(bridge, spec, "The fox sleeps.", torch.randn(3, spec.d_model), 1)
-    assert len(toks) == vals.shape[0] and vals.shape[1] == 3
+    v = torch.randn(3, spec.d_model, generator=torch.Generator().manual_seed(0))
+    toks, vals = token_readout(bridge, spec, "The fox sleeps.", v, 1)
+    ids, res = token_residuals(bridge, spec, "The fox sleeps.", [1])
+    assert toks == [spec.tokenizer.decode([i]) for i in ids]
+    want = torch.nn.functional.cosine_similarity(res[:, 0, None, :], v[None], dim=-1)
+    assert torch.allclose(vals, want, atol=1e-5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from emolens.activations import Pooling
 from emolens.vectors import EmotionVectors, emotion_vectors, story_activations
 

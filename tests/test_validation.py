@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from emolens.analyses.validation import heldout_scores, topic_folds
 from emolens.data import DataError
 from emolens.data.generation import parse_stories, story_prompt

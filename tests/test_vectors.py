@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from emolens.vectors import build_emotion_vectors, emotion_means, neutral_components, project_out
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from emolens.stats import cosine
 from emolens.vectors import build_emotion_vectors
 
@@ -259,6 +260,7 @@ def numeric_sweep(model: Any, directions: Any, names: Sequence[str], layer: int,
 
     ``directions`` ``[E, d]``; ``random_dirs`` ``[R, d]`` (e.g. ``stats.random_directions``)."""
     import torch
+
     from emolens.readout import colon_activations, project
     from emolens.stats import correlation, exceedance, spearman
 
