@@ -17,9 +17,12 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emolens.models.spec import ModelError, ModelSpec
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 SITES = ("resid_post", "resid_pre")
 WEIGHTINGS = ("story", "token")
@@ -99,7 +102,7 @@ def _pad_id(spec: ModelSpec) -> int:
     return 0
 
 
-def forward_layers(bridge: Any, spec: ModelSpec, seqs: Sequence[Sequence[int]], layers: Sequence[int],
+def forward_layers(bridge: TransformerBridge, spec: ModelSpec, seqs: Sequence[Sequence[int]], layers: Sequence[int],
                    site: str, on_layer: Callable[[int, Any, Any], None], padding_side: str = "right",
                    fast: bool = True) -> None:
     """Run one padded batch and call ``on_layer(layer, resid[b, T, d], offsets[b])`` inside each hook.
@@ -175,7 +178,7 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
-def pooled_means(bridge: Any, spec: ModelSpec, texts: Sequence[str], layers: Any = None,
+def pooled_means(bridge: TransformerBridge, spec: ModelSpec, texts: Sequence[str], layers: Any = None,
                  pooling: Pooling = Pooling(), site: str = "resid_post", batch_size: int = 8,
                  padding_side: str = "right", progress: bool = True, fast: bool = True) -> tuple[Any, Any]:
     """Per-text mean residual over the pooled positions: ``(means[n, L, d] float32, counts[n])``.
@@ -215,7 +218,7 @@ def pooled_means(bridge: Any, spec: ModelSpec, texts: Sequence[str], layers: Any
     return means, counts
 
 
-def neutral_statistics(bridge: Any, spec: ModelSpec, texts: Sequence[str], layers: Any = None,
+def neutral_statistics(bridge: TransformerBridge, spec: ModelSpec, texts: Sequence[str], layers: Any = None,
                        site: str = "resid_post", batch_size: int = 8, start: int = 0,
                        progress: bool = True, fast: bool = True) -> dict[str, Any]:
     """Token count, mean and covariance (float64) of pooled-token activations at each layer.
@@ -254,7 +257,7 @@ def neutral_statistics(bridge: Any, spec: ModelSpec, texts: Sequence[str], layer
     return {"n_tokens": n, "layers": layers, "mean": mean, "cov": cov}
 
 
-def token_residuals(bridge: Any, spec: ModelSpec, text: str, layers: Any = None,
+def token_residuals(bridge: TransformerBridge, spec: ModelSpec, text: str, layers: Any = None,
                     site: str = "resid_post", fast: bool = True) -> tuple[list[int], Any]:
     """Token ids of ``text`` and its residual stream ``[T, L, d]`` (float32) at the requested layers."""
     import torch

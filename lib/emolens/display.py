@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def _rgba(v: float) -> tuple[float, float, float, float]:
@@ -80,7 +83,7 @@ def trace_figure(rows: Sequence[tuple[str, Sequence[str], Sequence[float]]], wid
     return fig
 
 
-def explorer(bridge: Any, spec: Any, vectors: Any, default_text: str = "") -> Any:
+def explorer(bridge: TransformerBridge, spec: Any, vectors: Any, default_text: str = "") -> Any:
     """An ipywidgets explorer: type a text, pick an emotion and a layer, see the per-token readout."""
     import ipywidgets as w
     from IPython.display import HTML, display

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def _is_component(module: Any) -> bool:
@@ -29,7 +32,7 @@ def _is_component(module: Any) -> bool:
     return isinstance(module, GeneralizedComponent)
 
 
-def _hooked_inner_points(bridge: Any) -> list[str]:
+def _hooked_inner_points(bridge: TransformerBridge) -> list[str]:
     """Names of hook points inside blocks that carry hooks (each block's own input/output hooks excluded)."""
     from transformer_lens.hook_points import HookPoint
 
@@ -46,7 +49,7 @@ def _hooked_inner_points(bridge: Any) -> list[str]:
     return public or list(inner.values())
 
 
-def fast_path_blockers(bridge: Any) -> list[str]:
+def fast_path_blockers(bridge: TransformerBridge) -> list[str]:
     """Reasons the fast path would not give the bridge's own results; empty when it is safe."""
     reasons = []
     if not hasattr(bridge, "blocks") or not len(bridge.blocks):
@@ -75,7 +78,7 @@ def _unwrap(module: Any, swaps: list[tuple[Any, str, Any]]) -> None:
 
 
 @contextlib.contextmanager
-def _swapped(bridge: Any, sdpa: bool) -> Iterator[bool]:
+def _swapped(bridge: TransformerBridge, sdpa: bool) -> Iterator[bool]:
     swaps: list[tuple[Any, str, Any]] = []
     config = getattr(getattr(bridge, "original_model", None), "config", None)
     old_impl = getattr(config, "_attn_implementation", None)
@@ -93,7 +96,7 @@ def _swapped(bridge: Any, sdpa: bool) -> Iterator[bool]:
             parent._modules[name] = child
 
 
-def hf_internals(bridge: Any, sdpa: bool = True) -> contextlib.AbstractContextManager[bool]:
+def hf_internals(bridge: TransformerBridge, sdpa: bool = True) -> contextlib.AbstractContextManager[bool]:
     """Run blocks' insides as plain HF modules for the duration; block-level hooks keep firing.
 
     Raises ``RuntimeError`` if ``fast_path_blockers`` finds a reason the results would differ.
@@ -104,7 +107,7 @@ def hf_internals(bridge: Any, sdpa: bool = True) -> contextlib.AbstractContextMa
     return _swapped(bridge, sdpa)
 
 
-def maybe_hf_internals(bridge: Any, enabled: bool = True) -> contextlib.AbstractContextManager[bool]:
+def maybe_hf_internals(bridge: TransformerBridge, enabled: bool = True) -> contextlib.AbstractContextManager[bool]:
     """``hf_internals`` when enabled and safe, else a no-op (the bridge's own, slower path). Entering it gives
     whether the fast path is on."""
     if enabled and not fast_path_blockers(bridge):

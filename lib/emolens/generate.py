@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emolens.models.spec import ModelSpec
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
-def complete(bridge: Any, spec: ModelSpec, prompt: str, max_new_tokens: int = 40, greedy: bool = True,
+
+def complete(bridge: TransformerBridge, spec: ModelSpec, prompt: str, max_new_tokens: int = 40, greedy: bool = True,
              temperature: float = 0.8, seed: int = 0, fast: bool = True) -> str:
     """The model's continuation of ``prompt`` (already formatted), without the prompt itself.
 
@@ -39,6 +42,6 @@ def complete(bridge: Any, spec: ModelSpec, prompt: str, max_new_tokens: int = 40
     return spec.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def reply(bridge: Any, spec: ModelSpec, user: str, system: str | None = None, **kw: Any) -> str:
+def reply(bridge: TransformerBridge, spec: ModelSpec, user: str, system: str | None = None, **kw: Any) -> str:
     """The assistant's reply to one user message, formatted with the model's chat template."""
     return complete(bridge, spec, spec.format_user_prompt(user, system), **kw).strip()

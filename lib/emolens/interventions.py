@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emolens.activations import forward_layers, hook_name, pool_positions, special_ids
 from emolens.models.spec import ModelSpec
 
+if TYPE_CHECKING:
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
 
-def residual_norm(bridge: Any, spec: ModelSpec, texts: Sequence[str], layer: int, site: str = "resid_post") -> float:
+
+def residual_norm(bridge: TransformerBridge, spec: ModelSpec, texts: Sequence[str], layer: int, site: str = "resid_post") -> float:
     """Median residual norm at ``layer`` over ordinary tokens (first position and special tokens excluded)."""
     import torch
 
@@ -51,7 +55,7 @@ def finite_number(name: str, value: Any, positive: bool = False) -> float:
     return v
 
 
-def unit_direction(direction: Any, spec: ModelSpec, what: str = "direction") -> Any:
+def unit_direction(direction: torch.Tensor, spec: ModelSpec, what: str = "direction") -> torch.Tensor:
     """``direction`` as a float32 unit vector of the model's width; refuses NaN/inf and the zero vector."""
     import torch
 
@@ -66,7 +70,7 @@ def unit_direction(direction: Any, spec: ModelSpec, what: str = "direction") -> 
     return d / n
 
 
-def orthonormal_basis(directions: Any, spec: ModelSpec) -> Any:
+def orthonormal_basis(directions: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     """``[k, d]`` orthonormal rows spanning ``directions`` (``[d]`` or ``[k, d]``); refuses NaN, zero rows and
     rows that add no new dimension (a basis that silently lost a direction would ablate less than asked)."""
     import torch
@@ -95,7 +99,7 @@ def steering_layers(spec: ModelSpec, layers: int | Sequence[int]) -> list[int]:
 
 
 @contextmanager
-def steering(bridge: Any, spec: ModelSpec, direction: Any, layers: int | Sequence[int], alpha: float,
+def steering(bridge: TransformerBridge, spec: ModelSpec, direction: torch.Tensor, layers: int | Sequence[int], alpha: float,
              norm: float, site: str = "resid_post", from_position: int = 0) -> Iterator[None]:
     """Add ``alpha * norm * direction/|direction|`` to the residual at ``layers`` for positions >= ``from_position``.
 
@@ -132,7 +136,7 @@ def steering(bridge: Any, spec: ModelSpec, direction: Any, layers: int | Sequenc
 
 
 @contextmanager
-def ablation(bridge: Any, spec: ModelSpec, direction: Any, layers: int | Sequence[int],
+def ablation(bridge: TransformerBridge, spec: ModelSpec, direction: torch.Tensor, layers: int | Sequence[int],
              site: str = "resid_post") -> Iterator[None]:
     """Project ``direction`` (``[d]``) or the span of a subspace's rows (``[k, d]``) out of the residual at
     ``layers`` (directional ablation); the rows are orthonormalised here."""

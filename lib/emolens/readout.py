@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emolens.activations import Pooling, forward_layers, pooled_means, special_ids, token_residuals
 from emolens.models.spec import ModelSpec
 
+if TYPE_CHECKING:
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from emolens.vectors import EmotionVectors
+
 MEASURES = ("cosine", "dot")
 
 
-def vector_matrix(vectors: Any, spec: ModelSpec, layer: int) -> Any:
+def vector_matrix(vectors: EmotionVectors | torch.Tensor, spec: ModelSpec, layer: int) -> torch.Tensor:
     """The ``[E, d]`` matrix to read out with: an :class:`~emolens.vectors.EmotionVectors` (checked to come from
     ``spec``'s model, taken at ``layer``) or a plain ``[E, d]`` tensor of directions (checked for width and
     finite values)."""
@@ -31,7 +37,7 @@ def vector_matrix(vectors: Any, spec: ModelSpec, layer: int) -> Any:
     return m
 
 
-def project(x: Any, vectors: Any, measure: str = "cosine") -> Any:
+def project(x: torch.Tensor, vectors: torch.Tensor, measure: str = "cosine") -> torch.Tensor:
     """``x [..., d]`` against ``vectors [E, d]`` -> ``[..., E]``; dot uses unit vectors, so it is in residual units."""
     import torch
 
@@ -44,7 +50,7 @@ def project(x: Any, vectors: Any, measure: str = "cosine") -> Any:
     return out if isinstance(out, torch.Tensor) else torch.as_tensor(out)
 
 
-def token_readout(bridge: Any, spec: ModelSpec, text: str, vectors: Any, layer: int,
+def token_readout(bridge: TransformerBridge, spec: ModelSpec, text: str, vectors: Any, layer: int,
                   measure: str = "cosine") -> tuple[list[str], Any]:
     """Per-token readout ``[T, E]`` of ``text`` at ``layer`` and the token strings."""
     m = vector_matrix(vectors, spec, layer)
@@ -53,7 +59,7 @@ def token_readout(bridge: Any, spec: ModelSpec, text: str, vectors: Any, layer: 
     return toks, project(res[:, 0], m, measure)
 
 
-def pooled_readout(bridge: Any, spec: ModelSpec, texts: Sequence[str], vectors: Any, layer: int,
+def pooled_readout(bridge: TransformerBridge, spec: ModelSpec, texts: Sequence[str], vectors: Any, layer: int,
                    start: int = 0, measure: str = "cosine", batch_size: int = 8) -> Any:
     """Readout ``[n, E]`` of each text's mean residual over its own tokens from ``start`` on.
 
@@ -67,7 +73,7 @@ def pooled_readout(bridge: Any, spec: ModelSpec, texts: Sequence[str], vectors: 
     return out
 
 
-def position_activations(bridge: Any, spec: ModelSpec, sequences: Sequence[Sequence[int]],
+def position_activations(bridge: TransformerBridge, spec: ModelSpec, sequences: Sequence[Sequence[int]],
                          positions: Sequence[int], layers: Sequence[int], batch_size: int = 8) -> Any:
     """Residuals ``[n, L, d]`` of each token sequence at one position each (e.g. its Assistant colon)."""
     import torch
@@ -85,14 +91,14 @@ def position_activations(bridge: Any, spec: ModelSpec, sequences: Sequence[Seque
     return out
 
 
-def colon_readout(bridge: Any, spec: ModelSpec, user_messages: Sequence[str], vectors: Any, layer: int,
+def colon_readout(bridge: TransformerBridge, spec: ModelSpec, user_messages: Sequence[str], vectors: Any, layer: int,
                   measure: str = "cosine", system: str | None = None) -> Any:
     """Readout ``[n, E]`` at the Assistant colon of each one-message exchange (paper Figures 2 and 3)."""
     m = vector_matrix(vectors, spec, layer)
     return project(colon_activations(bridge, spec, user_messages, layer, system), m, measure)
 
 
-def colon_activations(bridge: Any, spec: ModelSpec, user_messages: Sequence[str], layer: int,
+def colon_activations(bridge: TransformerBridge, spec: ModelSpec, user_messages: Sequence[str], layer: int,
                       system: str | None = None) -> Any:
     """Residuals ``[n, d]`` at the Assistant colon of each one-message exchange; project them onto several
     sets of vectors (real and random, say) without running the model again."""
@@ -108,7 +114,7 @@ def colon_activations(bridge: Any, spec: ModelSpec, user_messages: Sequence[str]
 # ---- logit lens (paper Table 1): which tokens a vector promotes and suppresses through the unembedding ----
 
 
-def unembedding(bridge: Any) -> tuple[Any, Any | None]:
+def unembedding(bridge: TransformerBridge) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(W_U [d, vocab], final-norm weight [d] or None)`` of a bridged model."""
     hf = bridge.original_model
     W = hf.get_output_embeddings().weight.detach().float().T  # [d, vocab]
@@ -123,7 +129,7 @@ def unembedding(bridge: Any) -> tuple[Any, Any | None]:
     return W, w
 
 
-def logit_lens(bridge: Any, spec: Any, vector: Any, k: int = 5, final_norm: bool = True) -> dict[str, list[str]]:
+def logit_lens(bridge: TransformerBridge, spec: ModelSpec, vector: torch.Tensor, k: int = 5, final_norm: bool = True) -> dict[str, list[str]]:
     """Top-``k`` and bottom-``k`` tokens of ``vector @ W_U``; with ``final_norm`` the final norm's per-dimension
     scale is applied first (for a single direction RMS normalisation itself only rescales)."""
     W, w = unembedding(bridge)

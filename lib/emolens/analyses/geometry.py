@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from emolens.stats import cosine
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def as_array(x: Any) -> np.ndarray:
@@ -84,7 +87,7 @@ def second_order_similarity(sims: Sequence[np.ndarray]) -> np.ndarray:
     return np.corrcoef(flat)
 
 
-def embedding_vectors(bridge: Any, spec: Any, words: Sequence[str]) -> np.ndarray:
+def embedding_vectors(bridge: TransformerBridge, spec: Any, words: Sequence[str]) -> np.ndarray:
     """Static-embedding baseline: each word's mean input-embedding row over its tokens (with a leading space,
     as the word appears mid-sentence), centred across words."""
     import torch

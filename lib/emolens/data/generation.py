@@ -6,7 +6,10 @@ Used by notebook 01 to show what a small model writes when asked; the shipped co
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 STORY_PROMPT = """Write {n} short stories, each one paragraph of {min_words} to {max_words} words, about this \
 situation: {topic}
@@ -32,7 +35,7 @@ def parse_stories(text: str) -> list[str]:
         [" ".join(text.split())] if text.strip() else [])
 
 
-def generate_stories(bridge: Any, spec: Any, emotion: str, topic: str, banned: Any, n: int = 2,
+def generate_stories(bridge: TransformerBridge, spec: Any, emotion: str, topic: str, banned: Any, n: int = 2,
                      max_new_tokens: int = 400, min_words: int = 40, seed: int = 0,
                      greedy: bool = False) -> tuple[list[str], list[dict[str, Any]]]:
     """Ask the model for ``n`` stories and keep those that pass the leak and length filters.

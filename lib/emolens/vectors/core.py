@@ -11,9 +11,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emolens.cache import load_tensors, save_tensors
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from emolens.models.spec import Model, ModelSpec
 
 FORMAT_VERSION = 2  # 2: centre and per-layer residual norms stored beside the vectors
 
@@ -42,7 +48,8 @@ def emotion_means(story_means: Any, counts: Any, labels: Sequence[str], emotions
     return out, skipped
 
 
-def neutral_components(cov: Any, variance_fraction: float | None = 0.5, n_components: int | None = None) -> Any:
+def neutral_components(cov: torch.Tensor, variance_fraction: float | None = 0.5,
+                       n_components: int | None = None) -> torch.Tensor:
     """Top eigenvectors ``[k, d]`` of one layer's covariance: the fewest that reach ``variance_fraction``
     of the total variance, or exactly ``n_components`` when that is given (it takes precedence)."""
     import torch
@@ -68,7 +75,7 @@ def neutral_components(cov: Any, variance_fraction: float | None = 0.5, n_compon
     return evecs[:, :k].T.float()
 
 
-def project_out(x: Any, components: Any) -> Any:
+def project_out(x: torch.Tensor, components: torch.Tensor) -> torch.Tensor:
     """Remove the span of orthonormal ``components [k, d]`` from the last axis of ``x``."""
     if components.shape[0] == 0:
         return x.clone()
@@ -94,9 +101,9 @@ class EmotionVectors:
 
     emotions: list[str]
     layers: list[int]
-    raw: Any  # [E, L, d] per-emotion means
-    vectors: Any  # [E, L, d] centred and denoised
-    neutral_pcs: list[Any]  # per layer, [k_l, d]
+    raw: torch.Tensor  # [E, L, d] per-emotion means
+    vectors: torch.Tensor  # [E, L, d] centred and denoised
+    neutral_pcs: list[torch.Tensor]  # per layer, [k_l, d]
     settings: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     centre: Any = None  # [L, d] mean of the raw means over the emotions the vectors were built from
@@ -121,7 +128,7 @@ class EmotionVectors:
         """The name of the model these vectors were read from (``provenance['model']``)."""
         return self.provenance.get("model")
 
-    def check_model(self, spec: Any) -> None:
+    def check_model(self, spec: ModelSpec) -> None:
         """Refuse to be used with another model than the one that made these vectors."""
         if self.model is None:
             raise ValueError("these vectors carry no model identity (provenance['model'] is missing), so they cannot be "
@@ -152,17 +159,17 @@ class EmotionVectors:
             raise KeyError(f"emotion {emotion!r} not in these vectors ({len(self.emotions)} emotions)")
         return self.emotions.index(emotion)
 
-    def at(self, layer: int, unit: bool = False, denoised: bool = True) -> Any:
+    def at(self, layer: int, unit: bool = False, denoised: bool = True) -> torch.Tensor:
         """``[E, d]`` vectors at ``layer``; ``denoised=False`` gives centred raw means (no neutral projection)."""
         j = self.layer_index(layer)
         x = self.vectors[:, j] if denoised else self.centred_raw()[:, j]
         return x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12) if unit else x
 
-    def vector(self, emotion: str, layer: int, unit: bool = False) -> Any:
+    def vector(self, emotion: str, layer: int, unit: bool = False) -> torch.Tensor:
         """One emotion's ``[d]`` vector at ``layer`` (same defaults as :meth:`at`)."""
         return self.at(layer, unit=unit)[self.emotion_index(emotion)]
 
-    def centred_raw(self) -> Any:
+    def centred_raw(self) -> torch.Tensor:
         """Raw means minus the centre of the emotions the vectors were built from."""
         return self.raw - self.centre[None]
 
@@ -193,7 +200,7 @@ class EmotionVectors:
         return [self.layers[self.layer_index(layer)] for layer in out]
 
     @contextmanager
-    def steer(self, model: Any, emotion: str, alpha: float, layers: int | Sequence[int] | None = None,
+    def steer(self, model: Model, emotion: str, alpha: float, layers: int | Sequence[int] | None = None,
               from_position: int = 0, site: str = "resid_post") -> Iterator[None]:
         """Add ``alpha`` x (typical residual norm) along ``emotion``'s vector at each of ``layers`` (the vector
         and the norm of that layer), for positions >= ``from_position``; hooks are removed on exit.
@@ -214,7 +221,7 @@ class EmotionVectors:
             yield
 
     @contextmanager
-    def ablate(self, model: Any, emotions: str | Sequence[str], layers: int | Sequence[int] | None = None,
+    def ablate(self, model: Model, emotions: str | Sequence[str], layers: int | Sequence[int] | None = None,
                site: str = "resid_post") -> Iterator[None]:
         """Project the span of the given emotions' vectors out of the residual at ``layers``."""
         from emolens.interventions import ablation
@@ -228,7 +235,7 @@ class EmotionVectors:
                 stack.enter_context(ablation(bridge, spec, self.vectors[idx, self.layer_index(layer)], layer, site))
             yield
 
-    def scores(self, pooled: Any, layer: int, denoised: bool = True) -> Any:
+    def scores(self, pooled: torch.Tensor, layer: int, denoised: bool = True) -> np.ndarray:
         """Cosine scores ``[n, E]`` of pooled story activations ``[n, d]`` at ``layer``, read the way the vectors
         were made: minus the vectors' centre, the neutral PCs projected out (``denoised``), then compared.
         This is how validation scores held-out stories; use it (or :meth:`score_texts`) for any new text."""
@@ -241,7 +248,7 @@ class EmotionVectors:
         v = self.vectors[:, j] if denoised else self.centred_raw()[:, j]
         return cosine(x, v)
 
-    def score_texts(self, model: Any, texts: Sequence[str], layer: int, denoised: bool = True,
+    def score_texts(self, model: Model, texts: Sequence[str], layer: int, denoised: bool = True,
                     batch_size: int = 8) -> Any:
         """Scores ``[n, E]`` of new texts, pooled with the vectors' own pooling settings (from token 50 by
         default); texts too short for the window get NaN rows."""

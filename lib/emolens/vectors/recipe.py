@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emolens.activations import Pooling, checkpointed, neutral_statistics, pooled_means, resolve_layers
 from emolens.cache import cached, content_hash
@@ -13,6 +13,9 @@ from emolens.models.spec import ModelSpec
 from emolens.paths import cache_dir
 from emolens.provenance import provenance
 from emolens.vectors.core import EmotionVectors, build_emotion_vectors
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 EXTRACT_VERSION = 1  # bump when a change alters extracted numbers, so old caches are not reused
 
@@ -31,7 +34,7 @@ def _model_key(spec: ModelSpec) -> dict[str, Any]:
             "version": EXTRACT_VERSION}
 
 
-def story_activations(bridge: Any, spec: ModelSpec, texts: Sequence[str], layers: Any = None,
+def story_activations(bridge: TransformerBridge, spec: ModelSpec, texts: Sequence[str], layers: Any = None,
                       pooling: Pooling = Pooling(), site: str = "resid_post", batch_size: int = 8,
                       chunk_size: int = 128, progress: bool = True, folder: Path | None = None,
                       refresh: bool = False) -> tuple[Any, Any]:
@@ -72,7 +75,7 @@ def story_activations(bridge: Any, spec: ModelSpec, texts: Sequence[str], layers
     return t["means"], t["counts"]
 
 
-def neutral_covariance(bridge: Any, spec: ModelSpec, texts: Sequence[str], layers: Any = None,
+def neutral_covariance(bridge: TransformerBridge, spec: ModelSpec, texts: Sequence[str], layers: Any = None,
                        site: str = "resid_post", batch_size: int = 8, progress: bool = True,
                        folder: Path | None = None) -> dict[str, Any]:
     layers = resolve_layers(spec, layers)
@@ -86,7 +89,7 @@ def neutral_covariance(bridge: Any, spec: ModelSpec, texts: Sequence[str], layer
     return {"mean": t["mean"], "cov": t["cov"], "n_tokens": meta["n_tokens"], "layers": layers}
 
 
-def emotion_vectors(bridge: Any, spec: ModelSpec, texts: Sequence[str], labels: Sequence[str],
+def emotion_vectors(bridge: TransformerBridge, spec: ModelSpec, texts: Sequence[str], labels: Sequence[str],
                     neutral_texts: Sequence[str] | None, emotions: Sequence[str] | None = None,
                     layers: Any = None, pooling: Pooling = Pooling(), site: str = "resid_post",
                     variance_fraction: float | None = 0.5, n_components: int | None = None,
@@ -188,7 +191,7 @@ def select_emotions(emotions: str | Sequence[str] | None) -> list[str] | None:
     return list(emotions)
 
 
-def corpus_activations(bridge: Any, spec: ModelSpec, emotions: str | Sequence[str] | None = None,
+def corpus_activations(bridge: TransformerBridge, spec: ModelSpec, emotions: str | Sequence[str] | None = None,
                        stories_per_emotion: int | None = None, neutral_limit: int | None = None,
                        layers: Any = None, pooling: Pooling = Pooling(), site: str = "resid_post",
                        batch_size: int = 8, progress: bool = True, corpus: str = "v1") -> CorpusActivations:
