@@ -102,3 +102,32 @@ def test_agreement_and_chance():
     assert agreement(a, b) == {"b_given_a": 0.5, "only_a": 0.25, "only_b": 0.25}
     c = chance_levels([0, 0, 1, 1], n_clusters=2)
     assert c == {"top1": 0.25, "top5": 1.0, "cluster": 0.5}
+
+
+def test_bag_of_words_transfers_across_corpora_and_another_corpus_loads_from_a_folder(tmp_path, tiny_llama):
+    import json
+    import shutil
+
+    from emolens.analyses.validation import bag_of_words_transfer
+    from emolens.paths import data_dir
+    from emolens.vectors import corpus_activations
+
+    train = [f"a sunny cheerful day number {i}" for i in range(5)] + [f"a gloomy grey day number {i}" for i in range(5)]
+    test = ["cheerful and sunny again", "grey and gloomy again"]
+    h = bag_of_words_transfer(train, ["happy"] * 5 + ["sad"] * 5, test, ["happy", "sad"], ["happy", "sad"])
+    assert (h.scores[:, 0].argmax(1) == h.labels).all()
+    # a fork's corpus in the same schema, read from its own folder by the same recipe
+    root = tmp_path / "fork"
+    (root / "stories").mkdir(parents=True)
+    shutil.copy(data_dir() / "neutral_dialogues.jsonl", root)
+    emos = [{"index": i, "emotion": e, "cluster": "c", "cluster_index": i, "exemplar": True}
+            for i, e in enumerate(["glad", "glum"])]
+    (root / "emotions.jsonl").write_text("".join(json.dumps(e) + "\n" for e in emos))
+    for e in ("glad", "glum"):
+        recs = [{"id": f"{e}-{j:02d}", "emotion": e, "topic_id": j, "person": "first", "author": "fork",
+                 "text": f"A {e} little story number {j} about the fox and the stove."} for j in range(3)]
+        (root / "stories" / f"{e}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    bridge, spec = tiny_llama
+    acts = corpus_activations(bridge, spec, neutral_limit=5, layers=[1], data_dir=root, progress=False,
+                              pooling=Pooling(start=1))
+    assert acts.emotions == ["glad", "glum"] and len(acts.stories) == 6 and acts.n_neutral == 5

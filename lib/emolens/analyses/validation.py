@@ -110,20 +110,24 @@ def heldout_scores(story_means: Any, counts: Any, labels: Sequence[str], topic_i
     return HeldOut(scores[keep], lab[keep], list(layers), list(emotions))
 
 
-def bag_of_words_scores(texts: Sequence[str], labels: Sequence[str], topic_ids: Sequence[int],
-                        emotions: Sequence[str], n_folds: int = N_FOLDS) -> HeldOut:
-    """The text baseline on the same topic folds: TF-IDF (words and bigrams) + multinomial logistic regression."""
+def _bag_of_words(texts: Sequence[str], labels: np.ndarray) -> tuple[Any, Any]:
+    """The text baseline: TF-IDF over words and bigrams, then multinomial logistic regression."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    return vec, LogisticRegression(C=10.0, max_iter=2000).fit(vec.fit_transform(list(texts)), labels)
+
+
+def bag_of_words_scores(texts: Sequence[str], labels: Sequence[str], topic_ids: Sequence[int],
+                        emotions: Sequence[str], n_folds: int = N_FOLDS) -> HeldOut:
+    """The text baseline on the same topic folds as the vectors."""
     folds = topic_folds(topic_ids, n_folds)
     lab = np.array([list(emotions).index(e) for e in labels])
     scores = np.full((len(texts), 1, len(emotions)), -np.inf)
     for f in range(n_folds):
         train, test = np.where(folds != f)[0], np.where(folds == f)[0]
-        vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
-        xtr = vec.fit_transform([texts[i] for i in train])
-        clf = LogisticRegression(C=10.0, max_iter=2000).fit(xtr, lab[train])
+        vec, clf = _bag_of_words([texts[i] for i in train], lab[train])
         proba = clf.predict_proba(vec.transform([texts[i] for i in test]))
         scores[np.ix_(test, [0], clf.classes_)] = proba[:, None, :]
     return HeldOut(scores, lab, [-1], list(emotions))
@@ -286,3 +290,15 @@ def expected_direction_counts(sweeps: dict[str, dict[str, Any]], alpha: float = 
     checked = [v for v in rows if v["as_expected"] is not None]
     return {"hold": sum(bool(v["as_expected"]) for v in checked), "checked": len(checked),
             "hold_and_beat_random": sum(1 for v in checked if v["as_expected"] and v["random_share"] < alpha)}
+
+
+def bag_of_words_transfer(train_texts: Sequence[str], train_labels: Sequence[str], test_texts: Sequence[str],
+                          test_labels: Sequence[str], emotions: Sequence[str]) -> HeldOut:
+    """The text baseline fitted on one corpus and tested on another (e.g. our stories -> a fork's, or writer
+    held out): the same TF-IDF + logistic regression as :func:`bag_of_words_scores`."""
+    names = list(emotions)
+    yte = np.array([names.index(e) for e in test_labels])
+    vec, clf = _bag_of_words(train_texts, np.array([names.index(e) for e in train_labels]))
+    scores = np.full((len(test_texts), 1, len(names)), -np.inf)
+    scores[:, 0, clf.classes_] = clf.predict_proba(vec.transform(list(test_texts)))
+    return HeldOut(scores, yte, [-1], names)

@@ -159,11 +159,11 @@ class CorpusActivations:
                                      provenance(spec) if spec else None, norms)
 
 
-def neutral_texts(spec: ModelSpec, limit: int | None = None) -> list[str]:
+def neutral_texts(spec: ModelSpec, limit: int | None = None, data_dir: Path | None = None) -> list[str]:
     """The neutral dialogues formatted as the model reads a conversation (its chat template, or Human/Assistant)."""
     from emolens.data.sets import load_neutral_dialogues
 
-    return [spec.format_chat(d.messages()) for d in load_neutral_dialogues()[:limit]]
+    return [spec.format_chat(d.messages()) for d in load_neutral_dialogues(data_dir)[:limit]]
 
 
 def first_per_emotion(stories: Sequence[Any], n: int) -> list[Any]:
@@ -178,14 +178,14 @@ def first_per_emotion(stories: Sequence[Any], n: int) -> list[Any]:
     return kept
 
 
-def select_emotions(emotions: str | Sequence[str] | None) -> list[str] | None:
+def select_emotions(emotions: str | Sequence[str] | None, data_dir: Path | None = None) -> list[str] | None:
     """``None``/"all" -> all 171; "exemplars" -> the paper's 12; a list is passed through."""
     from emolens.data import load_emotions
 
     if emotions is None or emotions == "all":
         return None
     if emotions == "exemplars":
-        return [e.emotion for e in load_emotions() if e.exemplar]
+        return [e.emotion for e in load_emotions(data_dir) if e.exemplar]
     if isinstance(emotions, str):
         raise ValueError(f"emotions={emotions!r}: give 'all', 'exemplars' or a list of emotion words")
     return list(emotions)
@@ -194,15 +194,18 @@ def select_emotions(emotions: str | Sequence[str] | None) -> list[str] | None:
 def corpus_activations(bridge: TransformerBridge, spec: ModelSpec, emotions: str | Sequence[str] | None = None,
                        stories_per_emotion: int | None = None, neutral_limit: int | None = None,
                        layers: Any = None, pooling: Pooling = Pooling(), site: str = "resid_post",
-                       batch_size: int = 8, progress: bool = True, corpus: str = "v1") -> CorpusActivations:
+                       batch_size: int = 8, progress: bool = True, corpus: str = "v1",
+                       data_dir: Path | None = None) -> CorpusActivations:
     """Run the shipped stories (all, or a subset) and neutral dialogues through the model, with caching.
 
     ``emotions``: "all", "exemplars" or a list; ``corpus``: "v1", "v2" or "v2-new" (see
     :func:`emolens.data.load_stories`); ``stories_per_emotion`` keeps each emotion's first n stories.
+    ``data_dir`` reads another corpus laid out like ``data/`` (emotions.jsonl, stories/, neutral_dialogues.jsonl):
+    a fork's own stories go through exactly the same recipe.
     """
     from emolens.data import load_stories
 
-    stories = load_stories(emotions=select_emotions(emotions), corpus=corpus)
+    stories = load_stories(data_dir, emotions=select_emotions(emotions, data_dir), corpus=corpus)
     if stories_per_emotion is not None:
         stories = first_per_emotion(stories, stories_per_emotion)
     if not stories:
@@ -211,7 +214,7 @@ def corpus_activations(bridge: TransformerBridge, spec: ModelSpec, emotions: str
     layers = resolve_layers(spec, layers)
     texts = [s.text for s in stories]
     means, counts = story_activations(bridge, spec, texts, layers, pooling, site, batch_size, progress=progress)
-    neutral = neutral_texts(spec, neutral_limit)
+    neutral = neutral_texts(spec, neutral_limit, data_dir)
     nc = neutral_covariance(bridge, spec, neutral, layers, site, batch_size, progress)
     return CorpusActivations(stories, means, counts, layers, nc["cov"], nc["mean"], len(neutral), nc["n_tokens"],
                              pooling, emos, site, corpus)
