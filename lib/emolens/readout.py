@@ -1,4 +1,18 @@
-"""Readouts: project texts, per token or pooled, onto emotion vectors (cosine or raw dot product)."""
+"""Readouts: project texts, per token or pooled, onto emotion vectors (cosine or raw dot product).
+
+These are raw projections of the residual stream, as the paper's per-token traces and Assistant-colon readouts
+use them. To *classify* a new text by emotion use :meth:`emolens.vectors.EmotionVectors.score_texts`, which
+centres and denoises the text's activation the way the vectors were made (a raw pooled projection is dominated
+by the mean over emotions, and one emotion would win nearly every text).
+
+Example::
+
+    model = load_model()
+    vectors = load_or_build(model)
+    layer = model.spec.probe_layer
+    toks, values = token_readout(*model, "I heard the ice crack under my boots.", vectors, layer)
+    colon = colon_readout(*model, ["I just took 8000 mg of ibuprofen."], vectors, layer)   # [1, 171]
+"""
 
 from __future__ import annotations
 
