@@ -37,3 +37,25 @@ def test_token_readout_is_the_cosine_of_each_tokens_residual(tiny_llama):
     assert toks == [spec.tokenizer.decode([i]) for i in ids]
     want = torch.nn.functional.cosine_similarity(res[:, 0, None, :], v[None], dim=-1)
     assert torch.allclose(vals, want, atol=1e-5)
+
+
+def test_readout_explorer_callback_without_a_browser(tiny_llama):
+    from emolens.display import readout_explorer
+    from emolens.provenance import provenance
+    from emolens.vectors import build_emotion_vectors
+
+    bridge, spec = tiny_llama
+    g = torch.Generator().manual_seed(0)
+    ev = build_emotion_vectors(torch.randn(4, 2, spec.d_model, generator=g), torch.ones(4), ["a", "b"] * 2,
+                               ["a", "b"], [0, 1], None, provenance=provenance(spec))
+    ex = readout_explorer(bridge, spec, ev, "The fox sleeps.")
+    assert "a at layer" in ex.initial and ex.initial == ex.html()
+    changed = ex.html(emotion="b", layer=0, text="A different text entirely.")
+    import re
+
+    shown = re.sub(r"<[^>]+>", "", changed)  # the text as a reader sees it
+    assert "b at layer 0" in shown and "A different text entirely." in shown and changed != ex.initial
+    ex.controls["emotion"].value = "b"  # the live widget's state is what html() renders
+    assert "b at layer" in ex.html()
+    box = ex.widget()
+    assert box is ex.widget() and len(box.children) == 3

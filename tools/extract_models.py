@@ -15,6 +15,7 @@ import time
 
 def main(names: list[str]) -> None:
     import torch
+
     from emolens.defaults import other_models
     from emolens.models import load_model
     from emolens.vectors import corpus_activations

@@ -36,14 +36,51 @@ def _on_sigint(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def execute(path: Path, out_dir: Path, timeout: int) -> float:
-    import nbformat
+class Progress:
+    """Cell-level progress (cell k of n, elapsed) and the notebook's own progress bars, forwarded as plain
+    lines: a tqdm bar inside the kernel arrives as stderr text with carriage returns; its latest state is
+    printed at most every ``every`` seconds, so a long extraction is visibly alive in a terminal or CI log."""
+
+    def __init__(self, name: str, n_cells: int, every: float = 20.0, quiet: bool = False) -> None:
+        self.name, self.n, self.every, self.quiet = name, n_cells, every, quiet
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+
+    def elapsed(self) -> str:
+        return f"{time.perf_counter() - self.t0:.0f} s"
+
+    def cell_start(self, cell: object, cell_index: int, **_: object) -> None:
+        if not self.quiet and getattr(cell, "cell_type", "") == "code":
+            print(f"    {self.name}: cell {cell_index + 1}/{self.n} ({self.elapsed()})", flush=True)
+
+    def stream(self, text: str) -> None:
+        now = time.perf_counter()
+        line = text.replace("\r", "\n").strip().split("\n")[-1].strip()
+        if line and not self.quiet and now - self.last >= self.every:
+            self.last = now
+            print(f"      {line[:160]}", flush=True)
+
+
+def _client(nb: object, timeout: int, cwd: Path, progress: Progress) -> object:
     from nbclient import NotebookClient
+
+    class Client(NotebookClient):
+        def output(self, outs, msg, display_id, cell_index):  # type: ignore[no-untyped-def]
+            if msg["msg_type"] == "stream" and msg["content"].get("name") == "stderr":
+                progress.stream(msg["content"].get("text", ""))
+            return super().output(outs, msg, display_id, cell_index)
+
+    return Client(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}},
+                  on_cell_start=progress.cell_start)
+
+
+def execute(path: Path, out_dir: Path, timeout: int, quiet: bool = False) -> float:
+    import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(path, as_version=4)
     t = time.perf_counter()
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    client = _client(nb, timeout, path.parent, Progress(path.stem, len(nb.cells), quiet=quiet))
     try:
         client.execute()
     except Exception:

@@ -83,30 +83,79 @@ def trace_figure(rows: Sequence[tuple[str, Sequence[str], Sequence[float]]], wid
     return fig
 
 
-def explorer(bridge: TransformerBridge, spec: Any, vectors: Any, default_text: str = "") -> Any:
-    """An ipywidgets explorer: type a text, pick an emotion and a layer, see the per-token readout."""
+class Explorer:
+    """The collection's one widget pattern: controls, and a ``render(**values) -> html`` callback built from
+    library calls. ``html()`` renders the current (or given) values without a browser, so tests call the
+    callback directly; displayed in a notebook, it shows a static rendering of its initial state (what an
+    offline HTML report or a printed page keeps) above the live ipywidgets controls and output."""
+
+    def __init__(self, title: str, controls: dict[str, Any], render: Any, button: str | None = None) -> None:
+        self.title, self.controls, self.render, self.button = title, controls, render, button
+        self.initial = self.html()
+        self._box: Any = None
+
+    def values(self) -> dict[str, Any]:
+        return {k: c.value for k, c in self.controls.items()}
+
+    def html(self, **values: Any) -> str:
+        return self.render(**{**self.values(), **values})
+
+    def widget(self) -> Any:
+        """The live widget (built once): the controls, an optional button, and an output area re-rendered on
+        every change."""
+        import ipywidgets as w
+        from IPython.display import HTML, display
+
+        if self._box is not None:
+            return self._box
+        out = w.Output()
+
+        def refresh(_: Any = None) -> None:
+            out.clear_output(wait=True)
+            with out:
+                display(HTML(self.html()))
+
+        small = [c for c in self.controls.values() if not isinstance(c, w.Textarea)]
+        large = [c for c in self.controls.values() if isinstance(c, w.Textarea)]
+        for c in small:
+            c.observe(refresh, names="value")
+        row = list(small)
+        if self.button:
+            b = w.Button(description=self.button)
+            b.on_click(refresh)
+            row.append(b)
+        refresh()
+        self._box = w.VBox([*large, w.HBox(row), out])
+        return self._box
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import HTML, display
+
+        display(HTML(f"<div class='emolens-static'><b>{html.escape(self.title)}</b> (static rendering of the "
+                     f"initial state; the live controls follow)<br>{self.initial}</div>"))
+        display(self.widget())
+
+
+def readout_explorer(bridge: TransformerBridge, spec: Any, vectors: Any, default_text: str = "") -> Explorer:
+    """Type a text, pick an emotion and a layer, see the per-token readout (paper-style trace colouring)."""
     import ipywidgets as w
-    from IPython.display import HTML, display
 
     from emolens.readout import token_readout
 
-    text = w.Textarea(value=default_text, layout=w.Layout(width="95%", height="90px"))
-    emo = w.Dropdown(options=vectors.emotions, value=vectors.emotions[0], description="emotion")
-    layer = w.SelectionSlider(options=vectors.layers, value=spec.probe_layer if spec.probe_layer in vectors.layers
-                              else vectors.layers[0], description="layer")
-    out = w.Output()
+    layers = list(vectors.layers)
+    controls = {
+        "text": w.Textarea(value=default_text, layout=w.Layout(width="95%", height="90px")),
+        "emotion": w.Dropdown(options=vectors.emotions, value=vectors.emotions[0], description="emotion"),
+        "layer": w.SelectionSlider(options=layers, value=spec.probe_layer if spec.probe_layer in layers else layers[0],
+                                   description="layer"),
+    }
 
-    def render(_: Any = None) -> None:
-        out.clear_output()
-        with out:
-            toks, vals = token_readout(bridge, spec, text.value, vectors.at(layer.value), layer.value)
-            i = vectors.emotion_index(emo.value)
-            display(HTML(tokens_html(toks, vals[:, i].tolist(), f"{emo.value} at layer {layer.value}")))
+    def render(text: str, emotion: str, layer: int) -> str:
+        toks, vals = token_readout(bridge, spec, text, vectors, layer)
+        return tokens_html(toks, vals[:, vectors.emotion_index(emotion)].tolist(), f"{emotion} at layer {layer}")
 
-    for c in (emo, layer):
-        c.observe(render, names="value")
-    button = w.Button(description="Read text")
-    button.on_click(render)
-    box = w.VBox([text, w.HBox([emo, layer, button]), out])
-    render()
-    return box
+    return Explorer("Per-token readout explorer", controls, render, button="Read text")
+
+
+# the name notebook 03 and forks use
+explorer = readout_explorer
