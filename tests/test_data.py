@@ -109,3 +109,61 @@ def test_shipped_corpus_passes_every_check():
     rep = check_corpus()
     assert rep.ok, "\n".join(rep.errors[:30])
     assert rep.counts["stories"] == 171 * 12
+
+
+def test_shipped_corpus_v2_matches_its_plan_and_has_no_duplicates():
+    rep = check_corpus(corpus="v2")
+    assert rep.ok, "\n".join(rep.errors[:30])
+    assert rep.counts["near_duplicates"] == 0 and rep.counts["exact_duplicates"] == 0
+    if rep.counts["v2_stories"] == rep.counts["v2_planned"]:  # complete: the balance the plan promises
+        assert rep.counts["v2_writers_per_emotion_min"] >= 4 and rep.counts["largest_writer_share"] <= 0.25
+        assert rep.counts["v2_channel_spread"] <= 1 and rep.counts["v2_topics_per_emotion_min"] >= 40
+
+
+def test_v2_plan_is_balanced_by_design():
+    from collections import Counter
+
+    from emolens.data.plan import V2_WRITERS, v2_plan, writer_order
+
+    emotions = [e.emotion for e in load_emotions()]
+    plan = v2_plan(emotions)
+    assert len(plan) == 171 * 40 and len({s.id for s in plan}) == len(plan)
+    per_topic = Counter(s.topic_id for s in plan)
+    assert max(per_topic.values()) - min(per_topic.values()) <= 1
+    for e in emotions[:20]:
+        mine = [s for s in plan if s.emotion == e]
+        assert Counter(s.channel for s in mine) == Counter({c: 8 for c in ("action", "body", "speech", "thought",
+                                                                            "setting")})
+        assert len({s.topic_id for s in mine}) == 40 and Counter(s.person for s in mine)["first"] == 20
+        for w in V2_WRITERS:  # each writer: every channel once, every topic fold once, for every emotion
+            ws = [s for s in mine if s.writer == w]
+            assert {s.channel for s in ws} == {"action", "body", "speech", "thought", "setting"}
+            assert sorted(s.topic_id % 5 for s in ws) == [0, 1, 2, 3, 4]
+    order = writer_order(plan, "writer-7")
+    assert len(order) == 855 and order != sorted(order, key=lambda s: (s.emotion, s.slot))
+
+
+def test_intake_checks_against_the_plan(tmp_path):
+    import json
+    import shutil
+
+    from emolens.data.intake import add, todo
+    from emolens.paths import data_dir
+
+    for f in ("emotions.jsonl", "topics.jsonl", "banned_words.jsonl"):
+        shutil.copy(data_dir() / f, tmp_path / f)
+    (tmp_path / "stories").mkdir()
+    nxt = todo("writer-7", 2, tmp_path)
+    good = " ".join(["The bus stopped at the corner and Wen counted the coins in his palm before stepping off."] * 6)
+    sub = tmp_path / "batch.jsonl"
+    sub.write_text(json.dumps({"id": nxt[1]["id"], "text": "Too short."}) + "\n"
+                   + json.dumps({"id": "afraid-17", "text": good}) + "\n")
+    stored, rejected = add("writer-7", sub, tmp_path)
+    assert stored == 0 and len(rejected) == 2
+    assert "words, allowed" in rejected[0] and "belongs to writer-8" in rejected[1]
+    slot = next(s for s in nxt if s["channel"] != "speech")
+    sub.write_text(json.dumps({"id": slot["id"], "text": good}) + "\n")
+    assert add("writer-7", sub, tmp_path) == (1, [])
+    rec = json.loads((tmp_path / "stories_v2" / "writer-7.jsonl").read_text())
+    assert rec["channel"] == slot["channel"] and rec["author"] == "writer-7"  # filled in from the plan
+    assert add("writer-7", sub, tmp_path)[1][0].endswith("already written")

@@ -15,6 +15,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--emotions", help="comma-separated emotion words (default: all)")
     c.add_argument("--data", type=Path, help="data directory (default: the repository's data/)")
     c.add_argument("--banned", type=Path, help="banned-word file (default: DATA/banned_words.jsonl)")
+    c.add_argument("--corpus", default="v2", choices=("v1", "v2"), help="v1, or v2 = v1 + the crossed v2 stories")
+    c.add_argument("--require-complete", action="store_true", help="an unfinished v2 is an error")
+    tb = sub.add_parser("tables", help="the v2 balance tables for the datasheet (markdown)")
+    tb.add_argument("--data", type=Path, help="data directory (default: the repository's data/)")
     t = sub.add_parser("todo", help="a v2 writer's next unwritten slots (JSON lines)")
     t.add_argument("--writer", required=True)
     t.add_argument("-n", type=int, default=10)
@@ -28,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     from emolens.data.check import check_corpus
     from emolens.data.records import DataError
 
+    if a.cmd == "tables":
+        from emolens.data.describe import balance_tables
+
+        print(balance_tables(a.data))
+        return 0
     if a.cmd in ("todo", "add", "status"):
         from emolens.data import intake
 
@@ -50,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not rejected else 1
 
     try:
-        rep = check_corpus(a.data, a.emotions.split(",") if a.emotions else None, banned_file=a.banned)
+        rep = check_corpus(a.data, a.emotions.split(",") if a.emotions else None, banned_file=a.banned,
+                           corpus=a.corpus, require_complete=a.require_complete)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -96,14 +96,22 @@ def repeated_phrases(texts: dict[str, str], k: int = 6, min_count: int = 4) -> l
 
 
 def check_corpus(data_dir: Path | None = None, emotions: list[str] | None = None,
-                 banned_file: Path | None = None) -> Report:
+                 banned_file: Path | None = None, corpus: str = "v1", require_complete: bool = False) -> Report:
+    """Check the stories of ``corpus`` ("v1", or "v2" = v1 plus the crossed v2 stories) and the other data sets.
+
+    v2 is checked against its plan (writer, channel, person and topic of every story); while it is being
+    written, missing stories are a warning, and the balance checks run once it is complete (``require_complete``
+    makes an incomplete v2 an error).
+    """
+    from emolens.data.plan import check_v2
+
     root = Path(data_dir or repo_data_dir())
     rep = Report()
     emos = load_emotions(root)
     n_topics = len(load_topics(root))
     index = {e.emotion: e.index for e in emos}
     banned = load_banned_words(root, banned_file)
-    stories = load_stories(root, emotions)
+    stories = load_stories(root, emotions, corpus=corpus)
     wanted = [e.emotion for e in emos] if emotions is None else emotions
     rep.counts["stories"] = len(stories)
     by_emotion: dict[str, list] = {}
@@ -128,9 +136,12 @@ def check_corpus(data_dir: Path | None = None, emotions: list[str] | None = None
             if hits:
                 rep.errors.append(f"{s.id}: leaks banned word(s) {sorted(set(hits))}")
     for emo in wanted:
-        have = len(by_emotion.get(emo, []))
+        have = sum(1 for s in by_emotion.get(emo, []) if s.slot < STORIES_PER_EMOTION)
         if have != STORIES_PER_EMOTION:
-            rep.errors.append(f"{emo}: {have} stories, expected {STORIES_PER_EMOTION}")
+            rep.errors.append(f"{emo}: {have} v1 stories, expected {STORIES_PER_EMOTION}")
+    if corpus != "v1":
+        check_v2([s for s in stories if s.slot >= STORIES_PER_EMOTION], [e for e in emos if e.emotion in wanted],
+                 rep, require_complete and emotions is None)
     texts = {s.id: s.text for s in stories}
     exact = Counter(" ".join(words(t)) for t in texts.values())
     rep.counts["exact_duplicates"] = sum(n - 1 for n in exact.values() if n > 1)
@@ -146,7 +157,7 @@ def check_corpus(data_dir: Path | None = None, emotions: list[str] | None = None
     if stories:
         rep.counts["topic_min"] = min(per_topic.get(t, 0) for t in range(n_topics))
         rep.counts["topic_max"] = max(per_topic.values())
-        if emotions is None and rep.counts["topic_max"] - rep.counts["topic_min"] > 2:
+        if emotions is None and corpus == "v1" and rep.counts["topic_max"] - rep.counts["topic_min"] > 2:
             rep.errors.append(f"topic balance: {rep.counts['topic_min']}-{rep.counts['topic_max']} stories per topic")
     if emotions is None:
         check_sets(root, rep)

@@ -63,3 +63,36 @@ def balance(stories: Sequence[Story], rows: str, cols: str) -> dict[str, dict[st
     for s in stories:
         table.setdefault(str(getattr(s, rows)), Counter())[str(getattr(s, cols))] += 1
     return {r: dict(sorted(c.items())) for r, c in sorted(table.items())}
+
+
+def _markdown(table: dict[str, dict[str, int]], corner: str) -> str:
+    cols = sorted({c for row in table.values() for c in row})
+    lines = [f"| {corner} | " + " | ".join(cols) + " | total |", "|---" * (len(cols) + 2) + "|"]
+    for r, row in table.items():
+        lines.append(f"| {r} | " + " | ".join(str(row.get(c, 0)) for c in cols) + f" | {sum(row.values())} |")
+    return "\n".join(lines)
+
+
+def balance_tables(data_dir: Any = None) -> str:
+    """Markdown tables of corpus v2's balance: writer x channel, writer x cluster, channel x person, and the
+    per-emotion summary (writers per emotion, largest writer share with v1, channel spread, topics)."""
+    from emolens.data.plan import balance_summary
+    from emolens.data.records import load_emotions, load_stories
+
+    emos = load_emotions(data_dir)
+    cluster = {e.emotion: f"{e.cluster_index}. {e.cluster}" for e in emos}
+    v2 = load_stories(data_dir, corpus="v2-new")
+
+    class _Row:
+        def __init__(self, s: Story) -> None:
+            self.author, self.channel, self.person, self.cluster = s.author, s.channel, s.person, cluster[s.emotion]
+
+    rows = [_Row(s) for s in v2]
+    parts = [f"{len(v2)} v2 stories.", "",
+             _markdown(balance(rows, "author", "channel"), "writer \\ channel"), "",
+             _markdown(balance(rows, "author", "cluster"), "writer \\ cluster"), "",
+             _markdown(balance(rows, "channel", "person"), "channel \\ person"), ""]
+    if v2:
+        summary = balance_summary(v2, emos)
+        parts.append("Per emotion: " + "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary.items()) + ".")
+    return "\n".join(parts)

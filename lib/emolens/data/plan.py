@@ -14,7 +14,9 @@ style and emotion could not be told apart. v2 adds stories 12-51 of every emotio
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from emolens.data.records import CHANNELS, N_TOPICS, STORIES_PER_EMOTION
 
@@ -74,3 +76,49 @@ def writer_order(plan: list[Slot], writer: str) -> list[Slot]:
     random.Random(f"emolens-v2-{writer}").shuffle(emotions)
     rank = {e: n for n, e in enumerate(emotions)}
     return sorted(mine, key=lambda s: (rank[s.emotion], s.slot))
+
+
+def check_v2(stories: list[Any], emotions: list[Any], rep: Any, require_complete: bool = False) -> None:
+    """Add to ``rep`` (a :class:`emolens.data.check.Report`): every v2 story matches its plan slot; progress;
+    and, once complete, the balance the plan promises (writers per emotion, largest writer share, channels)."""
+    index = {e.emotion: e.index for e in emotions}
+    plan = {s.id: s for s in v2_plan(sorted(index, key=index.get)) if s.emotion in index}
+    for st in stories:
+        slot = plan.get(st.id)
+        if slot is None:
+            rep.errors.append(f"{st.id}: not a v2 slot")
+            continue
+        got = (st.author, st.channel, st.person, st.topic_id)
+        want = (slot.writer, slot.channel, slot.person, slot.topic_id)
+        if got != want:
+            rep.errors.append(f"{st.id}: (author, channel, person, topic_id) = {got}, plan says {want}")
+    have, planned = len(stories), len(plan)
+    rep.counts["v2_stories"], rep.counts["v2_planned"] = have, planned
+    if have < planned:
+        msg = f"corpus v2 in progress: {have} of {planned} planned stories written"
+        (rep.errors if require_complete else rep.warnings).append(msg)
+        return
+    rows = balance_summary(stories, emotions)
+    rep.counts.update(rows)
+    if rows["v2_writers_per_emotion_min"] < 4:
+        rep.errors.append(f"an emotion has stories by only {rows['v2_writers_per_emotion_min']} writers (need >= 4)")
+    if rows["largest_writer_share"] > 0.25:
+        rep.errors.append(f"a writer holds {rows['largest_writer_share']:.0%} of an emotion's stories (max 25%)")
+    if rows["v2_channel_spread"] > 1:
+        rep.errors.append(f"channels unbalanced within an emotion (spread {rows['v2_channel_spread']})")
+
+
+def balance_summary(v2_stories: list[Any], emotions: list[Any], v1_per_emotion: int = STORIES_PER_EMOTION
+                    ) -> dict[str, Any]:
+    """Per-emotion balance of v2 (and of v1 + v2, where each v1 block writer holds ``v1_per_emotion``)."""
+    by_emotion: dict[str, list[Any]] = {}
+    for st in v2_stories:
+        by_emotion.setdefault(st.emotion, []).append(st)
+    writers = [len({st.author for st in ss}) for ss in by_emotion.values()]
+    share = [max(v1_per_emotion, max(Counter(st.author for st in ss).values())) / (len(ss) + v1_per_emotion)
+             for ss in by_emotion.values()]
+    spread = [max(Counter(st.channel for st in ss).values()) - min(Counter(st.channel for st in ss).values())
+              for ss in by_emotion.values()]
+    topics = [len({st.topic_id for st in ss}) for ss in by_emotion.values()]
+    return {"v2_writers_per_emotion_min": min(writers), "largest_writer_share": round(max(share), 4),
+            "v2_channel_spread": max(spread), "v2_topics_per_emotion_min": min(topics)}
