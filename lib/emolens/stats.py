@@ -100,6 +100,27 @@ def bootstrap(stat: Callable[..., float], *arrays: Sequence[Any], n_boot: int = 
     return Estimate(value, float(lo), float(hi), n=n)
 
 
+def group_bootstrap(stat: Callable[..., float], values: Sequence[Any], groups: Sequence[Any], n_boot: int = 2000,
+                    level: float = 0.95, seed: int = 0) -> Estimate:
+    """Percentile bootstrap that resamples whole groups (e.g. topics), not single rows: the right interval when
+    rows within a group are not independent (stories of one topic, held out together by a topic fold)."""
+    v, g = np.asarray(values), np.asarray(groups)
+    if len(v) != len(g):
+        raise ValueError("values and groups must have the same length")
+    keys = np.unique(g)
+    members = [np.where(g == k)[0] for k in keys]
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(keys), len(keys))])
+        b = stat(v[idx])
+        if np.isfinite(b):
+            boots.append(b)
+    a = (1 - level) / 2
+    lo, hi = (np.quantile(boots, [a, 1 - a]) if boots else (np.nan, np.nan))
+    return Estimate(float(stat(v)), float(lo), float(hi), n=len(keys))
+
+
 def pearson(x: Any, y: Any) -> float:
     x, y = np.asarray(x, float), np.asarray(y, float)
     if x.std() == 0 or y.std() == 0:

@@ -64,6 +64,7 @@ class HeldOut:
     labels: np.ndarray  # emotion index per story
     layers: list[int]
     emotions: list[str]
+    rows: np.ndarray | None = None  # which input stories these rows are (stories too short are left out)
 
     def accuracy(self, k: int = 1) -> np.ndarray:
         return np.array([topk_accuracy(self.scores[:, j], self.labels, k) for j in range(len(self.layers))])
@@ -79,19 +80,22 @@ class HeldOut:
 def heldout_scores(story_means: Any, counts: Any, labels: Sequence[str], topic_ids: Sequence[int],
                    emotions: Sequence[str], layers: Sequence[int], neutral_cov: Any | None,
                    variance_fraction: float | None = 0.5, denoised: bool = True,
-                   n_folds: int = N_FOLDS, random_directions_seed: int | None = None) -> HeldOut:
+                   n_folds: int = N_FOLDS, random_directions_seed: int | None = None,
+                   folds: Sequence[int] | None = None) -> HeldOut:
     """Cross-validate over topic folds: vectors from the other folds' stories, cosine scores for this fold's.
 
-    ``random_directions_seed`` replaces every emotion vector by a random direction of the same norm: the
-    matched-norm null, which shares everything with the real run except the directions.
+    ``folds`` (one integer per story) replaces the topic folds, e.g. by writer: vectors from some writers'
+    stories, scores for another's. ``random_directions_seed`` replaces every emotion vector by a random
+    direction of the same norm: the matched-norm null, which shares everything with the real run except the
+    directions.
     """
     from dataclasses import replace
 
-    folds = topic_folds(topic_ids, n_folds)
+    folds = topic_folds(topic_ids, n_folds) if folds is None else np.asarray(folds)
     keep = np.asarray(counts) > 0
     lab = np.array([list(emotions).index(e) for e in labels])
     scores = np.zeros((len(labels), len(layers), len(emotions)))
-    for f in range(n_folds):
+    for f in np.unique(folds):
         train = np.where((folds != f) & keep)[0]
         test = np.where(folds == f)[0]
         ev = build_emotion_vectors(story_means[train], counts[train], [labels[i] for i in train], emotions, layers,
@@ -100,14 +104,14 @@ def heldout_scores(story_means: Any, counts: Any, labels: Sequence[str], topic_i
             import torch
 
             vecs = ev.vectors if denoised else ev.centred_raw()
-            g = torch.Generator().manual_seed(random_directions_seed + f)
+            g = torch.Generator().manual_seed(random_directions_seed + int(f))
             r = torch.randn(vecs.shape, generator=g)
             r = r / r.norm(dim=-1, keepdim=True) * vecs.norm(dim=-1, keepdim=True)
             ev = replace(ev, vectors=r) if denoised else replace(ev, raw=r + ev.centre[None])
         for j, layer in enumerate(layers):
             # the one way a held-out story is scored: EmotionVectors.scores (training centre, neutral PCs)
             scores[test, j] = ev.scores(story_means[test, j].nan_to_num(), layer, denoised)
-    return HeldOut(scores[keep], lab[keep], list(layers), list(emotions))
+    return HeldOut(scores[keep], lab[keep], list(layers), list(emotions), np.where(keep)[0])
 
 
 def _bag_of_words(texts: Sequence[str], labels: np.ndarray) -> tuple[Any, Any]:
@@ -120,17 +124,18 @@ def _bag_of_words(texts: Sequence[str], labels: np.ndarray) -> tuple[Any, Any]:
 
 
 def bag_of_words_scores(texts: Sequence[str], labels: Sequence[str], topic_ids: Sequence[int],
-                        emotions: Sequence[str], n_folds: int = N_FOLDS) -> HeldOut:
-    """The text baseline on the same topic folds as the vectors."""
-    folds = topic_folds(topic_ids, n_folds)
+                        emotions: Sequence[str], n_folds: int = N_FOLDS, folds: Sequence[int] | None = None
+                        ) -> HeldOut:
+    """The text baseline on the same folds as the vectors (topic folds, or ``folds`` such as writers)."""
+    folds = topic_folds(topic_ids, n_folds) if folds is None else np.asarray(folds)
     lab = np.array([list(emotions).index(e) for e in labels])
     scores = np.full((len(texts), 1, len(emotions)), -np.inf)
-    for f in range(n_folds):
+    for f in np.unique(folds):
         train, test = np.where(folds != f)[0], np.where(folds == f)[0]
         vec, clf = _bag_of_words([texts[i] for i in train], lab[train])
         proba = clf.predict_proba(vec.transform([texts[i] for i in test]))
         scores[np.ix_(test, [0], clf.classes_)] = proba[:, None, :]
-    return HeldOut(scores, lab, [-1], list(emotions))
+    return HeldOut(scores, lab, [-1], list(emotions), np.arange(len(texts)))
 
 
 def cluster_accuracy(scores: np.ndarray, labels: np.ndarray, cluster_of: Sequence[int]) -> np.ndarray:
@@ -139,38 +144,58 @@ def cluster_accuracy(scores: np.ndarray, labels: np.ndarray, cluster_of: Sequenc
     return (c[np.argmax(scores, axis=1)] == c[labels]).astype(float)
 
 
-def _summary(h: HeldOut, cluster_of: Sequence[int], n_boot: int) -> dict[str, Any]:
-    from emolens.stats import bootstrap
+def _summary(h: HeldOut, cluster_of: Sequence[int], n_boot: int, units: Sequence[Any]) -> dict[str, Any]:
+    """Top-1, top-5 and cluster accuracy, each with a bootstrap CI that resamples ``units`` (one per input
+    story: its topic, say), the unit the folds hold out together."""
+    from emolens.stats import group_bootstrap
 
     s = h.scores[:, 0]
+    g = np.asarray(units)[h.rows]
     top1 = (s.argmax(1) == h.labels).astype(float)
     top5 = np.array([lab in row for lab, row in zip(h.labels, np.argsort(-s, 1)[:, :5])], float)
-    return {"top1": bootstrap(np.mean, top1, n_boot=n_boot), "top5": bootstrap(np.mean, top5, n_boot=n_boot),
-            "cluster": bootstrap(np.mean, cluster_accuracy(s, h.labels, cluster_of), n_boot=n_boot),
+    return {"top1": group_bootstrap(np.mean, top1, g, n_boot), "top5": group_bootstrap(np.mean, top5, g, n_boot),
+            "cluster": group_bootstrap(np.mean, cluster_accuracy(s, h.labels, cluster_of), g, n_boot),
             "correct": top1}
+
+
+SPLITS = ("topic", "writer")
+
+
+def story_folds(acts: Any, split: str) -> np.ndarray:
+    """Fold of each story: ``topic_id % 5`` ("topic"), or one fold per writer ("writer")."""
+    if split == "topic":
+        return topic_folds(acts.topic_ids)
+    if split == "writer":
+        writers = sorted({s.author for s in acts.stories})
+        return np.array([writers.index(s.author) for s in acts.stories])
+    raise ValueError(f"split {split!r} not allowed: choose one of {SPLITS}")
 
 
 def classification_with_controls(acts: Any, layer: int, cluster_of: Sequence[int], variance_fraction: float = 0.5,
                                  n_shuffles: int = 10, bag_of_words: bool = True, n_boot: int = 2000,
+                                 split: str = "topic",
                                  seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Held-out (topic-fold) classification at one layer with its controls, each with bootstrap CIs:
-    denoised vectors, raw vectors, random directions of matched norm, shuffled labels, and (optionally) the
-    bag-of-words text baseline. ``acts`` is a :class:`emolens.vectors.CorpusActivations`."""
+    """Held-out classification at one layer with its controls, each with a bootstrap CI over topics: denoised
+    vectors, raw vectors, random directions of matched norm, shuffled labels, and (optionally) the bag-of-words
+    text baseline. ``split``: "topic" (unseen topics) or "writer" (unseen writers: do the vectors carry the
+    emotion or the writer's style?). ``acts`` is a :class:`emolens.vectors.CorpusActivations`."""
     j = acts.layers.index(layer)
+    folds = story_folds(acts, split)
     one = dict(story_means=acts.means[:, [j]], counts=acts.counts, labels=acts.labels, topic_ids=acts.topic_ids,
                emotions=acts.emotions, layers=[layer], neutral_cov=acts.neutral_cov[[j]],
-               variance_fraction=variance_fraction)
+               variance_fraction=variance_fraction, folds=folds)
     runs = {"vectors": heldout_scores(**one),
             "vectors, raw": heldout_scores(**dict(one, neutral_cov=None), denoised=False),
             "random directions": heldout_scores(**one, random_directions_seed=seed)}
     if bag_of_words:
         runs["bag of words"] = bag_of_words_scores([s.text for s in acts.stories], acts.labels, acts.topic_ids,
-                                                   acts.emotions)
-    out = {k: _summary(h, cluster_of, n_boot) for k, h in runs.items()}
+                                                   acts.emotions, folds=folds)
+    units = acts.topic_ids  # topics are the sampling unit of stories: CIs resample them whatever the split
+    out = {k: _summary(h, cluster_of, n_boot, units) for k, h in runs.items()}
     from emolens.stats import bootstrap
 
     rng = np.random.default_rng(seed)
-    sh = [_summary(heldout_scores(**dict(one, labels=list(rng.permutation(acts.labels)))), cluster_of, 200)
+    sh = [_summary(heldout_scores(**dict(one, labels=list(rng.permutation(acts.labels)))), cluster_of, 200, units)
           for _ in range(n_shuffles)]
     out["shuffled labels"] = {m: bootstrap(np.mean, np.array([x[m].value for x in sh]), n_boot=n_boot)
                               for m in ("top1", "top5", "cluster")}

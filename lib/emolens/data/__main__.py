@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     ad.add_argument("--writer", required=True)
     ad.add_argument("file", type=Path)
     sub.add_parser("status", help="v2 stories written per writer")
+    nt = sub.add_parser("neutral-todo", help="a neutral-dialogue writer's next planned dialogues")
+    nt.add_argument("--writer", required=True)
+    nt.add_argument("-n", type=int, default=10)
+    na = sub.add_parser("neutral-add", help="check neutral dialogues ({id, system, turns} lines) and store them")
+    na.add_argument("--writer", required=True)
+    na.add_argument("file", type=Path)
     for q in (t, ad):
         q.add_argument("--data", type=Path, help="data directory (default: the repository's data/)")
     a = p.parse_args(argv)
@@ -37,6 +43,22 @@ def main(argv: list[str] | None = None) -> int:
 
         print(balance_tables(a.data))
         return 0
+    if a.cmd in ("neutral-todo", "neutral-add"):
+        from emolens.data import neutral_intake
+
+        try:
+            if a.cmd == "neutral-todo":
+                for row in neutral_intake.todo(a.writer, a.n):
+                    print(json.dumps(row, ensure_ascii=False))
+                return 0
+            stored, rejected = neutral_intake.add(a.writer, a.file)
+        except (DataError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        for r in rejected:
+            print(f"rejected {r}")
+        print(f"stored {stored}, rejected {len(rejected)}")
+        return 0 if not rejected else 1
     if a.cmd in ("todo", "add", "status"):
         from emolens.data import intake
 

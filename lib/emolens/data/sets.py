@@ -90,26 +90,45 @@ def _root(data_dir: Path | None) -> Path:
     return Path(data_dir or repo_data_dir())
 
 
-def load_neutral_dialogues(data_dir: Path | None = None) -> list[NeutralDialogue]:
-    path = _root(data_dir) / "neutral_dialogues.jsonl"
-    out = []
-    for n, o in read_jsonl(path):
-        w = f"{path}:{n}"
-        turns = field(o, "turns", list, w)
-        pairs = []
-        for k, t in enumerate(turns):
-            if not isinstance(t, dict):
-                raise DataError(f"{w}: turn {k} must be an object with 'role' and 'text'")
-            role, text = field(t, "role", str, f"{w} turn {k}"), field(t, "text", str, f"{w} turn {k}")
-            want = "user" if k % 2 == 0 else "assistant"
-            if role != want:
-                raise DataError(f"{w}: turn {k} has role {role!r}; turns alternate user/assistant from the user")
-            pairs.append((role, text))
-        if not pairs or pairs[-1][0] != "assistant":
-            raise DataError(f"{w}: a dialogue must end with an assistant turn")
-        out.append(NeutralDialogue(field(o, "id", str, w), field(o, "topic_id", (int, type(None)), w),
-                                   field(o, "kind", str, w), field(o, "system", (str, type(None)), w), tuple(pairs)))
+NEUTRAL_VERSIONS = ("v1", "v2")
+
+
+def load_neutral_dialogues(data_dir: Path | None = None, version: str = "v1") -> list[NeutralDialogue]:
+    """The neutral dialogues: "v1", the 360 in ``neutral_dialogues.jsonl``; "v2", those plus the per-writer files
+    in ``neutral_v2/`` (ten more dialogues per topic, toward the paper's scale)."""
+    if version not in NEUTRAL_VERSIONS:
+        raise DataError(f"unknown neutral-dialogue version {version!r}; allowed: {', '.join(NEUTRAL_VERSIONS)}")
+    root = _root(data_dir)
+    paths = [root / "neutral_dialogues.jsonl"]
+    if version == "v2" and (root / "neutral_v2").is_dir():
+        paths += sorted((root / "neutral_v2").glob("*.jsonl"))
+    out = [d for p in paths for d in _read_dialogues(p)]
+    ids = [d.id for d in out]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"duplicate neutral dialogue ids in {root}: {sorted({i for i in ids if ids.count(i) > 1})[:5]}")
     return out
+
+
+def parse_dialogue(o: dict[str, Any], w: str) -> NeutralDialogue:
+    """One neutral dialogue record; turns alternate user/assistant from the user and end with the assistant."""
+    turns = field(o, "turns", list, w)
+    pairs = []
+    for k, t in enumerate(turns):
+        if not isinstance(t, dict):
+            raise DataError(f"{w}: turn {k} must be an object with 'role' and 'text'")
+        role, text = field(t, "role", str, f"{w} turn {k}"), field(t, "text", str, f"{w} turn {k}")
+        want = "user" if k % 2 == 0 else "assistant"
+        if role != want:
+            raise DataError(f"{w}: turn {k} has role {role!r}; turns alternate user/assistant from the user")
+        pairs.append((role, text))
+    if not pairs or pairs[-1][0] != "assistant":
+        raise DataError(f"{w}: a dialogue must end with an assistant turn")
+    return NeutralDialogue(field(o, "id", str, w), field(o, "topic_id", (int, type(None)), w),
+                           field(o, "kind", str, w), field(o, "system", (str, type(None)), w), tuple(pairs))
+
+
+def _read_dialogues(path: Path) -> list[NeutralDialogue]:
+    return [parse_dialogue(o, f"{path}:{n}") for n, o in read_jsonl(path)]
 
 
 def load_implicit_scenarios(data_dir: Path | None = None) -> list[ImplicitScenario]:
