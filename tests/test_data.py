@@ -167,3 +167,36 @@ def test_intake_checks_against_the_plan(tmp_path):
     rec = json.loads((tmp_path / "stories_v2" / "writer-7.jsonl").read_text())
     assert rec["channel"] == slot["channel"] and rec["author"] == "writer-7"  # filled in from the plan
     assert add("writer-7", sub, tmp_path)[1][0].endswith("already written")
+
+
+def test_dialogue_plans_cross_role_and_emotion_and_the_intake_refuses_named_feelings(tmp_path):
+    import json
+    import shutil
+    from collections import Counter
+
+    from emolens.data.dialogues import add, deflection_plan, load_dialogues, speaker_plan
+    from emolens.paths import data_dir
+
+    sp = speaker_plan()
+    assert len(sp) == 480 and len({p["id"] for p in sp}) == 480
+    assert all(p["emotions"][0] != p["emotions"][1] for p in sp)
+    ha = [p for p in sp if p["variant"] == "human_assistant"]
+    human_emotion = Counter(p["emotions"][p["speakers"].index("Human")] for p in ha)
+    assert len(human_emotion) == 24 and max(human_emotion.values()) - min(human_emotion.values()) <= 10
+    dp = deflection_plan()
+    assert len(dp) == 600 and Counter(p["variant"] for p in dp) == {"deflect": 300, "open": 300}
+    for f in ("emotions.jsonl", "topics.jsonl", "banned_words.jsonl"):
+        shutil.copy(data_dir() / f, tmp_path / f)
+    p = sp[0]  # happy (speaker 0) and excited (speaker 1), four turns
+    lines = ["Look at this, the whole box of old photos survived the move.", "No way, show me, show me right now.",
+             "Here, this one is from the summer at the lake.", "We have to frame it today, I cannot wait."]
+    rec = {"id": p["id"], "turns": [{"speaker": k % 2, "text": t} for k, t in enumerate(lines)]}
+    sub = tmp_path / "b.jsonl"
+    sub.write_text(json.dumps(rec) + "\n")
+    assert add("speakers", sub, tmp_path) == (1, [])
+    named = dict(rec, id=sp[1]["id"], turns=rec["turns"] + [{"speaker": 0, "text": "I am so excited about it all."}])
+    sub.write_text(json.dumps(named) + "\n")
+    stored, rejected = add("speakers", sub, tmp_path)
+    assert stored == 0 and "names 'excited'" in rejected[0]
+    (d,) = load_dialogues("speakers", tmp_path)
+    assert d.emotions == ("happy", "excited") and d.text().startswith("Human: Look at this")

@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     nt = sub.add_parser("neutral-todo", help="a neutral-dialogue writer's next planned dialogues")
     nt.add_argument("--writer", required=True)
     nt.add_argument("-n", type=int, default=10)
+    dt = sub.add_parser("dialogue-todo", help="next planned speaker or deflection dialogues")
+    dt.add_argument("--kind", required=True, choices=("speakers", "deflection"))
+    dt.add_argument("-n", type=int, default=10)
+    da = sub.add_parser("dialogue-add", help="check speaker or deflection dialogues and store the good ones")
+    da.add_argument("--kind", required=True, choices=("speakers", "deflection"))
+    da.add_argument("file", type=Path)
     na = sub.add_parser("neutral-add", help="check neutral dialogues ({id, system, turns} lines) and store them")
     na.add_argument("--writer", required=True)
     na.add_argument("file", type=Path)
@@ -43,6 +49,22 @@ def main(argv: list[str] | None = None) -> int:
 
         print(balance_tables(a.data))
         return 0
+    if a.cmd in ("dialogue-todo", "dialogue-add"):
+        from emolens.data import dialogues
+
+        try:
+            if a.cmd == "dialogue-todo":
+                for row in dialogues.todo(a.kind, a.n):
+                    print(json.dumps(row, ensure_ascii=False))
+                return 0
+            stored, rejected = dialogues.add(a.kind, a.file)
+        except (DataError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        for r in rejected:
+            print(f"rejected {r}")
+        print(f"stored {stored}, rejected {len(rejected)}")
+        return 0 if not rejected else 1
     if a.cmd in ("neutral-todo", "neutral-add"):
         from emolens.data import neutral_intake
 
