@@ -71,3 +71,26 @@ def test_speech_counts_every_quotation_style():
     assert f[0] == f[1] == f[2] > 0  # straight double, single and curly quotes count alike
     assert np.isclose(f[3], len("Don't go,") / len(texts[3]))  # an apostrophe inside the quote belongs to it
     assert f[4] == 0  # apostrophes are not speech
+
+
+def test_factor_effect_finds_a_planted_channel_axis_and_not_a_random_one():
+    from emolens.analyses.narrative import covariance_directions, data_shaped_nulls, eta_squared, factor_effect
+
+    rng = np.random.default_rng(0)
+    n, d = 400, 20
+    groups = np.repeat(np.arange(20), 20)
+    channel = np.tile(["body", "speech", "action", "thought", "setting"], 80)
+    axis = np.zeros(d)
+    axis[0] = 1
+    shift = {"body": 2.0, "speech": -2.0, "action": 0.5, "thought": -0.5, "setting": 0.0}
+    pts = rng.normal(size=(n, d)) + np.outer([shift[c] for c in channel], axis) + rng.normal(size=(20, d))[groups] * 3
+    assert eta_squared(pts[:, 0], channel, groups) > 0.5
+    eff = factor_effect(pts, axis, channel, groups, n=100)
+    assert eff["eta_squared"] > eff["null_95"] and eff["p"] < 0.05
+    other = factor_effect(pts, np.eye(d)[5], channel, groups, n=100)
+    assert other["eta_squared"] < other["null_95"]  # chance alone gives eta^2 near 4/19 here: hence the null
+    dirs = covariance_directions(pts, 50)
+    assert np.allclose(np.linalg.norm(dirs, axis=1), 1)
+    feature = pts[:, 0] + rng.normal(size=n)
+    nulls = data_shaped_nulls(pts, feature, groups, np.eye(d)[1:6], np.eye(d)[:8], n=50)
+    assert set(nulls) == {"covariance", "emotion_vectors", "later_pcs"} and len(nulls["later_pcs"]) == 6

@@ -116,3 +116,48 @@ def story_points(acts: Any, vectors: Any, layer: int) -> np.ndarray:
     j = vectors.layer_index(layer)
     x = project_out(acts.means[:, acts.layers.index(layer)].float(), vectors.neutral_pcs[j].float()).numpy()
     return x - x.mean(0)
+
+
+def covariance_directions(points: Any, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` unit directions drawn from a Gaussian with the points' covariance: random directions shaped like
+    the data (they favour its high-variance axes, as a real component does), a harder null than isotropic ones."""
+    pts = np.asarray(points, dtype=float)
+    pts = pts - pts.mean(0)
+    rng = np.random.default_rng(seed)
+    # x = pts^T z / sqrt(N) has covariance pts^T pts / N without forming the d x d matrix
+    d = (pts.T @ rng.standard_normal((pts.shape[0], n))).T
+    return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
+def data_shaped_nulls(points: Any, feature: Any, groups: Sequence[Any], emotion_vectors: Any,
+                      components: Any, n: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
+    """|within-group r| between story projections and ``feature`` for three nulls shaped like the data:
+    directions with the stories' covariance, the emotion vectors themselves, and the later principal components
+    (PC3 on). A component's |r| is telling only where it beats these, not just isotropic random directions."""
+    pts = np.asarray(points, dtype=float)
+
+    def rs(dirs: Any) -> np.ndarray:
+        return np.array([abs(within_group_r(pts, d / np.linalg.norm(d), feature, groups)) for d in np.asarray(dirs)])
+
+    return {"covariance": rs(covariance_directions(pts, n, seed)), "emotion_vectors": rs(emotion_vectors),
+            "later_pcs": rs(np.asarray(components)[2:])}
+
+
+def eta_squared(values: Any, factor: Sequence[Any], groups: Sequence[Any]) -> float:
+    """Share of the within-group variance of ``values`` explained by a categorical ``factor`` (e.g. the narrative
+    channel or the writer, within emotion): 0 when the factor's levels have equal means inside every group."""
+    v = within_groups(values, groups)
+    f = np.asarray([f"{g}|{x}" for g, x in zip(groups, factor)])
+    explained = v - within_groups(v, f)
+    return float((explained ** 2).sum() / max((v ** 2).sum(), 1e-300))
+
+
+def factor_effect(points: Any, direction: Any, factor: Sequence[Any], groups: Sequence[Any], n: int = 200,
+                  seed: int = 0) -> dict[str, float]:
+    """How much a categorical factor (channel, writer) moves stories along ``direction`` within emotion:
+    eta-squared, and the 95th percentile of the same for directions with the data's covariance."""
+    pts = np.asarray(points, dtype=float)
+    eta = eta_squared(pts @ np.asarray(direction, dtype=float), factor, groups)
+    null = [eta_squared(pts @ d, factor, groups) for d in covariance_directions(pts, n, seed)]
+    return {"eta_squared": eta, "null_95": float(np.percentile(null, 95)),
+            "p": float((np.sum(np.array(null) >= eta) + 1) / (len(null) + 1))}
