@@ -24,8 +24,9 @@ def blind_sample(stories: Sequence[Story], n: int = 180, seed: int = 2026) -> li
     return rng.sample(list(stories), n)
 
 
-def load_blind_labels(data_dir: Path | None = None) -> dict[str, list[str]]:
-    path = Path(data_dir or repo_data_dir()) / BLIND_FILE
+def load_blind_labels(data_dir: Path | None = None, name: str = BLIND_FILE) -> dict[str, list[str]]:
+    """A blind reader's guesses by story id (``blind_read.jsonl`` for v1, ``blind_read_v2.jsonl`` for v2)."""
+    path = Path(data_dir or repo_data_dir()) / name
     known = {e.emotion for e in load_emotions(data_dir)}
     out = {}
     for n, o in read_jsonl(path):
@@ -70,3 +71,31 @@ def confusions(labels: dict[str, list[str]], stories: Sequence[Story], k: int = 
 
     by_id = {s.id: s for s in stories}
     return Counter((by_id[i].emotion, g[0]) for i, g in labels.items() if g[0] != by_id[i].emotion).most_common(k)
+
+
+def write_blind_packet(stories: Sequence[Story], texts_path: Path, key_path: Path, n: int = 180,
+                       seed: int = 2027, prefix: str = "v") -> None:
+    """A blind-read packet: ``texts_path`` holds only opaque ids and texts, in shuffled order, for the reader;
+    ``key_path`` maps the opaque ids back to story ids and must stay out of the reader's sight."""
+    import json
+
+    sample = blind_sample(stories, n, seed)
+    Path(texts_path).write_text("".join(json.dumps({"blind_id": f"{prefix}{i:03d}", "text": s.text}) + "\n"
+                                        for i, s in enumerate(sample)))
+    Path(key_path).write_text(json.dumps({f"{prefix}{i:03d}": s.id for i, s in enumerate(sample)}))
+
+
+def import_blind_answers(answers_path: Path, key_path: Path, out_path: Path, reader: str) -> int:
+    """Map a reader's ``{"blind_id", "guesses"}`` answers back to story ids and write them in the labels schema."""
+    import json
+
+    key = json.loads(Path(key_path).read_text())
+    rows = []
+    for n, o in read_jsonl(Path(answers_path)):
+        bid = field(o, "blind_id", str, f"{answers_path}:{n}")
+        if bid not in key:
+            raise DataError(f"{answers_path}:{n}: unknown blind id {bid!r}")
+        rows.append({"id": key[bid], "blind_id": bid, "guesses": field(o, "guesses", list, f"{answers_path}:{n}"),
+                     "reader": reader})
+    Path(out_path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return len(rows)
