@@ -28,6 +28,18 @@ def model_name() -> str:
     return os.environ.get("EMOLENS_MODEL", DEFAULT_MODEL)
 
 
+CORPORA = ("v1", "v2")
+
+
+def corpus() -> str:
+    """``EMOLENS_CORPUS``: "v1" (the 12 block-written stories per emotion, what the committed results use) or
+    "v2" (v1 plus the 40 crossed stories per emotion, once written)."""
+    c = os.environ.get("EMOLENS_CORPUS", "v1")
+    if c not in CORPORA:
+        raise ValueError(f"EMOLENS_CORPUS={c!r}: allowed {', '.join(CORPORA)}")
+    return c
+
+
 def neutral_limit(fast: bool | None = None) -> int | None:
     return NEUTRAL_LIMIT_FAST if (fast_mode() if fast is None else fast) else None
 
