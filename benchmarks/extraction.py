@@ -56,8 +56,9 @@ def peak_rss_gb() -> float:
 
 def plain_hf(model: str, dtype: str) -> Any:
     """A fresh HF model from the same cached weights, untouched by the bridge (which rewires its own copy)."""
-    from emolens.models.embedded import EMBEDDED, ensure_converted
     from transformers import AutoModelForCausalLM
+
+    from emolens.models.embedded import EMBEDDED, ensure_converted
 
     source = str(ensure_converted(model, verify=False)[0]) if model in EMBEDDED else model
     hf = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype)).eval()
