@@ -32,9 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     dt = sub.add_parser("dialogue-todo", help="next planned speaker or deflection dialogues")
     dt.add_argument("--kind", required=True, choices=("speakers", "deflection"))
     dt.add_argument("-n", type=int, default=10)
+    dt.add_argument("--writer", help="which share of the plan (default: the kind's first writer)")
     da = sub.add_parser("dialogue-add", help="check speaker or deflection dialogues and store the good ones")
     da.add_argument("--kind", required=True, choices=("speakers", "deflection"))
     da.add_argument("file", type=Path)
+    da.add_argument("--writer", help="which share of the plan (default: the kind's first writer)")
     na = sub.add_parser("neutral-add", help="check neutral dialogues ({id, system, turns} lines) and store them")
     na.add_argument("--writer", required=True)
     na.add_argument("file", type=Path)
@@ -54,10 +56,10 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             if a.cmd == "dialogue-todo":
-                for row in dialogues.todo(a.kind, a.n):
+                for row in dialogues.todo(a.kind, a.n, writer=a.writer):
                     print(json.dumps(row, ensure_ascii=False))
                 return 0
-            stored, rejected = dialogues.add(a.kind, a.file)
+            stored, rejected = dialogues.add(a.kind, a.file, writer=a.writer)
         except (DataError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

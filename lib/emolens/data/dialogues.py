@@ -32,7 +32,9 @@ SHOWN = ("calm", "cheerful", "content", "indifferent")
 NEUTRAL_NAMES = ("Alex", "Sam", "Robin", "Jordan", "Kai", "Noor", "Ines", "Tomas", "Mei", "Femi", "Lena", "Ravi")
 N_SPEAKER_DIALOGUES = 480
 DEFLECT_PER_TARGET = 25  # and as many open controls
-WRITERS = {"speakers": "writer-speakers", "deflection": "writer-deflection"}
+# Each kind's plan is split between its writers: the first writer takes the first half of the plan, and so on.
+WRITERS = {"speakers": ("writer-speakers", "writer-speakers-2"),
+           "deflection": ("writer-deflection", "writer-deflection-2")}
 TURNS = (4, 5, 6, 7, 8)
 
 
@@ -136,10 +138,21 @@ def _parse(kind: str, o: dict[str, Any], plan: dict[str, dict[str, Any]], where:
                     p.get("shown"), context)
 
 
-def todo(kind: str, n: int = 10, data_dir: Path | None = None) -> list[dict[str, Any]]:
+def writer_share(kind: str, writer: str) -> list[dict[str, Any]]:
+    """The part of ``kind``'s plan that ``writer`` writes (contiguous, so matched deflect/open pairs stay together)."""
+    names = WRITERS.get(kind)
+    if names is None or writer not in names:
+        raise DataError(f"unknown {kind} writer {writer!r}; allowed: {', '.join(names or ())}")
+    plan = _plan(kind)
+    k, per = names.index(writer), -(-len(plan) // len(names))
+    return plan[k * per:(k + 1) * per]
+
+
+def todo(kind: str, n: int = 10, data_dir: Path | None = None, writer: str | None = None) -> list[dict[str, Any]]:
     done = {d.id for d in load_dialogues(kind, data_dir)}
     topics = {t.topic_id: t.topic for t in load_topics(data_dir)}
-    return [dict(p, topic=topics[p["topic_id"]]) for p in _plan(kind) if p["id"] not in done][:n]
+    share = writer_share(kind, writer or WRITERS[kind][0])
+    return [dict(p, topic=topics[p["topic_id"]]) for p in share if p["id"] not in done][:n]
 
 
 def _never_named(kind: str, p: dict[str, Any]) -> list[str]:
@@ -148,10 +161,13 @@ def _never_named(kind: str, p: dict[str, Any]) -> list[str]:
     return sorted({p["target"], p["shown"]})
 
 
-def add(kind: str, submitted: Path, data_dir: Path | None = None) -> tuple[int, list[str]]:
+def add(kind: str, submitted: Path, data_dir: Path | None = None, writer: str | None = None
+        ) -> tuple[int, list[str]]:
     """Check submitted dialogues (plan, turns, the emotions never named, length, no near-duplicates); store the
     good ones in ``data/dialogues/<kind>/<writer>.jsonl``."""
     root = Path(data_dir or repo_data_dir())
+    writer = writer or WRITERS[kind][0]
+    mine = {p["id"] for p in writer_share(kind, writer)}
     plan = {p["id"]: p for p in _plan(kind)}
     banned = load_banned_words(root)
     existing = load_dialogues(kind, root)
@@ -163,6 +179,9 @@ def add(kind: str, submitted: Path, data_dir: Path | None = None) -> tuple[int, 
         where = f"line {n} ({did})"
         if did in done:
             rejected.append(f"{where}: already written")
+            continue
+        if did in plan and did not in mine:
+            rejected.append(f"{where}: belongs to another {kind} writer's share")
             continue
         try:
             d = _parse(kind, o, plan, where)
@@ -185,14 +204,14 @@ def add(kind: str, submitted: Path, data_dir: Path | None = None) -> tuple[int, 
         if problems:
             rejected.append(f"{where}: " + "; ".join(problems))
             continue
-        rec = {"id": did, "turns": [{"speaker": s, "text": t} for s, t in d.turns], "author": WRITERS[kind]}
+        rec = {"id": did, "turns": [{"speaker": s, "text": t} for s, t in d.turns], "author": writer}
         if d.context:
             rec["context"] = d.context
         stored.append(rec)
         done.add(did)
         seen.append(sh)
     if stored:
-        path = _folder(kind, root) / f"{WRITERS[kind]}.jsonl"
+        path = _folder(kind, root) / f"{writer}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as f:
             for rec in stored:
