@@ -71,3 +71,26 @@ def test_executes_in_fast_mode_with_golden_numbers(path, tmp_path, monkeypatch):
             assert got == pytest.approx(want, rel=1e-3, abs=2e-3), key
         else:
             assert got == want, key
+
+
+@pytest.mark.notebook
+def test_ctrl_c_says_interrupted_keeps_the_partial_report_and_exits_nonzero(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    env = dict(os.environ, EMOLENS_FAST="1", EMOLENS_FIGURES=str(tmp_path / "figures"), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "run_notebooks.py"), "--notebooks", "00", "--out",
+                             str(tmp_path / "reports")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    seen = []
+    deadline = time.time() + 300
+    for line in proc.stdout:  # wait until a few cells have run, as a person would before pressing Ctrl-C
+        seen.append(line)
+        if "cell 11/" in line or time.time() > deadline:  # the steered generations: several seconds
+            break
+    proc.send_signal(signal.SIGINT)
+    out = "".join(seen) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-2000:]
+    assert "interrupted by the user" in out
+    assert (tmp_path / "reports" / "00_quickstart.ipynb").exists()

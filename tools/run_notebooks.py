@@ -84,7 +84,9 @@ def execute(path: Path, out_dir: Path, timeout: int, quiet: bool = False) -> flo
     try:
         client.execute()
     except Exception:
-        if _interrupted:
+        # nbclient installs its own SIGINT handler on its event loop, which shuts the kernel down and lets the
+        # running cell fail with a ZMQ or assertion error; it leaves this future behind when it did so
+        if _interrupted or getattr(client, "_async_cleanup_kernel_future", None) is not None:
             raise KeyboardInterrupt from None
         raise
     finally:
