@@ -7,6 +7,38 @@ import json
 import sys
 from pathlib import Path
 
+INTAKE_COMMANDS = ("todo", "add", "status", "neutral-todo", "neutral-add", "dialogue-todo", "dialogue-add")
+
+
+def _intake(a: argparse.Namespace) -> int:
+    """The writers' commands: list the next planned items, or check a batch and store what passes."""
+    from emolens.data import dialogues, intake, neutral_intake
+    from emolens.data.records import DataError
+
+    todo = {"todo": lambda: intake.todo(a.writer, a.n, a.data),
+            "neutral-todo": lambda: neutral_intake.todo(a.writer, a.n),
+            "dialogue-todo": lambda: dialogues.todo(a.kind, a.n, writer=a.writer)}
+    add = {"add": lambda: intake.add(a.writer, a.file, a.data),
+           "neutral-add": lambda: neutral_intake.add(a.writer, a.file),
+           "dialogue-add": lambda: dialogues.add(a.kind, a.file, writer=a.writer)}
+    try:
+        if a.cmd == "status":
+            for w, (have, want) in intake.status().items():
+                print(f"{w}: {have}/{want}")
+            return 0
+        if a.cmd in todo:
+            for row in todo[a.cmd]():
+                print(json.dumps(row, ensure_ascii=False))
+            return 0
+        stored, rejected = add[a.cmd]()
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for r in rejected:
+        print(f"rejected {r}")
+    print(f"stored {stored}, rejected {len(rejected)}")
+    return 0 if not rejected else 1
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m emolens.data")
@@ -51,58 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(balance_tables(a.data))
         return 0
-    if a.cmd in ("dialogue-todo", "dialogue-add"):
-        from emolens.data import dialogues
-
-        try:
-            if a.cmd == "dialogue-todo":
-                for row in dialogues.todo(a.kind, a.n, writer=a.writer):
-                    print(json.dumps(row, ensure_ascii=False))
-                return 0
-            stored, rejected = dialogues.add(a.kind, a.file, writer=a.writer)
-        except (DataError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        for r in rejected:
-            print(f"rejected {r}")
-        print(f"stored {stored}, rejected {len(rejected)}")
-        return 0 if not rejected else 1
-    if a.cmd in ("neutral-todo", "neutral-add"):
-        from emolens.data import neutral_intake
-
-        try:
-            if a.cmd == "neutral-todo":
-                for row in neutral_intake.todo(a.writer, a.n):
-                    print(json.dumps(row, ensure_ascii=False))
-                return 0
-            stored, rejected = neutral_intake.add(a.writer, a.file)
-        except (DataError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        for r in rejected:
-            print(f"rejected {r}")
-        print(f"stored {stored}, rejected {len(rejected)}")
-        return 0 if not rejected else 1
-    if a.cmd in ("todo", "add", "status"):
-        from emolens.data import intake
-
-        try:
-            if a.cmd == "todo":
-                for row in intake.todo(a.writer, a.n, a.data):
-                    print(json.dumps(row, ensure_ascii=False))
-                return 0
-            if a.cmd == "status":
-                for w, (have, want) in intake.status().items():
-                    print(f"{w}: {have}/{want}")
-                return 0
-            stored, rejected = intake.add(a.writer, a.file, a.data)
-        except (DataError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        for r in rejected:
-            print(f"rejected {r}")
-        print(f"stored {stored}, rejected {len(rejected)}")
-        return 0 if not rejected else 1
+    if a.cmd in INTAKE_COMMANDS:
+        return _intake(a)
 
     try:
         rep = check_corpus(a.data, a.emotions.split(",") if a.emotions else None, banned_file=a.banned,
