@@ -18,7 +18,7 @@ from emolens.cache import CacheError, content_hash
 from emolens.defaults import VARIANCE_FRACTION
 from emolens.paths import cache_dir, data_dir
 from emolens.vectors.core import FORMAT_VERSION, EmotionVectors
-from emolens.vectors.recipe import EXTRACT_VERSION, corpus_activations, neutral_texts, select_emotions
+from emolens.vectors.recipe import EXTRACT_VERSION, corpus_activations, neutral_texts, neutral_version, select_emotions
 
 
 def committed_path(model_name: str) -> Path:
@@ -37,7 +37,8 @@ def vectors_key(spec: Any, emotions: str | Sequence[str] | None = "all", layers:
             "extract_version": EXTRACT_VERSION, "format": FORMAT_VERSION,
             "layers": resolve_layers(spec, layers if layers is not None else [spec.probe_layer]),
             "corpus": corpus, "stories": content_hash([[s.id, s.emotion, s.text] for s in stories]),
-            "neutral": content_hash(neutral_texts(spec, neutral_limit)), "variance_fraction": variance_fraction,
+            "neutral": content_hash(neutral_texts(spec, neutral_limit, version=neutral_version(corpus))),
+            "variance_fraction": variance_fraction,
             "pooling": pooling.as_dict(), "site": site}
 
 

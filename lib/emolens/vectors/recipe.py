@@ -159,11 +159,17 @@ class CorpusActivations:
                                      provenance(spec) if spec else None, norms)
 
 
-def neutral_texts(spec: ModelSpec, limit: int | None = None, data_dir: Path | None = None) -> list[str]:
+def neutral_version(corpus: str) -> str:
+    """The neutral dialogues that go with a story corpus: v1's 360 with v1, all 1,360 with v2."""
+    return "v2" if corpus.startswith("v2") else "v1"
+
+
+def neutral_texts(spec: ModelSpec, limit: int | None = None, data_dir: Path | None = None,
+                  version: str = "v1") -> list[str]:
     """The neutral dialogues formatted as the model reads a conversation (its chat template, or Human/Assistant)."""
     from emolens.data.sets import load_neutral_dialogues
 
-    return [spec.format_chat(d.messages()) for d in load_neutral_dialogues(data_dir)[:limit]]
+    return [spec.format_chat(d.messages()) for d in load_neutral_dialogues(data_dir, version)[:limit]]
 
 
 def first_per_emotion(stories: Sequence[Any], n: int) -> list[Any]:
@@ -214,7 +220,7 @@ def corpus_activations(bridge: TransformerBridge, spec: ModelSpec, emotions: str
     layers = resolve_layers(spec, layers)
     texts = [s.text for s in stories]
     means, counts = story_activations(bridge, spec, texts, layers, pooling, site, batch_size, progress=progress)
-    neutral = neutral_texts(spec, neutral_limit, data_dir)
+    neutral = neutral_texts(spec, neutral_limit, data_dir, neutral_version(corpus))
     nc = neutral_covariance(bridge, spec, neutral, layers, site, batch_size, progress)
     return CorpusActivations(stories, means, counts, layers, nc["cov"], nc["mean"], len(neutral), nc["n_tokens"],
                              pooling, emos, site, corpus)
