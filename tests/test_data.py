@@ -115,6 +115,8 @@ def test_shipped_corpus_v2_matches_its_plan_and_has_no_duplicates():
     rep = check_corpus(corpus="v2")
     assert rep.ok, "\n".join(rep.errors[:30])
     assert rep.counts["near_duplicates"] == 0 and rep.counts["exact_duplicates"] == 0
+    assert rep.counts["neutral_dialogues_v2"] >= 1200  # the paper's scale: 12 per topic plus the other kinds
+    assert rep.counts["speakers_dialogues"] >= 480 and rep.counts["deflection_dialogues"] >= 600
     if rep.counts["v2_stories"] == rep.counts["v2_planned"]:  # complete: the balance the plan promises
         assert rep.counts["v2_writers_per_emotion_min"] >= 4 and rep.counts["largest_writer_share"] <= 0.25
         assert rep.counts["v2_channel_spread"] <= 1 and rep.counts["v2_topics_per_emotion_min"] >= 40

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from dataclasses import field as dfield
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 from emolens.data.leaks import load_banned_words
 from emolens.data.records import (
@@ -142,6 +143,8 @@ def check_corpus(data_dir: Path | None = None, emotions: list[str] | None = None
     if corpus != "v1":
         check_v2([s for s in stories if s.slot >= STORIES_PER_EMOTION], [e for e in emos if e.emotion in wanted],
                  rep, require_complete and emotions is None)
+        if emotions is None:
+            check_dialogue_sets(root, rep, banned)
     texts = {s.id: s.text for s in stories}
     exact = Counter(" ".join(words(t)) for t in texts.values())
     rep.counts["exact_duplicates"] = sum(n - 1 for n in exact.values() if n > 1)
@@ -162,6 +165,37 @@ def check_corpus(data_dir: Path | None = None, emotions: list[str] | None = None
     if emotions is None:
         check_sets(root, rep)
     return rep
+
+
+def check_dialogue_sets(root: Path, rep: Report, banned: Any) -> None:
+    """The v2 neutral dialogues and the speaker and deflection dialogues: schema and plan (their loaders), no
+    feeling named in a dialogue that carries it, neutral text kept neutral, no near duplicates; counts."""
+    from emolens.data.dialogues import _never_named, deflection_plan, load_dialogues, speaker_plan
+    from emolens.data.records import DataError
+    from emolens.data.sets import load_neutral_dialogues
+
+    try:
+        neutral = load_neutral_dialogues(root, "v2")
+        kinds = {"speakers": load_dialogues("speakers", root), "deflection": load_dialogues("deflection", root)}
+    except DataError as e:
+        rep.errors.append(str(e))
+        return
+    rep.counts["neutral_dialogues_v2"] = len(neutral)
+    for d in neutral:
+        for _, text in d.turns + ((("system", d.system),) if d.system else ()):
+            m = NEUTRAL_FORBIDDEN.search(text)
+            if m:
+                rep.errors.append(f"{d.id}: neutral dialogue contains {m.group(0)!r}")
+    plans = {"speakers": {p["id"]: p for p in speaker_plan()}, "deflection": {p["id"]: p for p in deflection_plan()}}
+    for kind, ds in kinds.items():
+        rep.counts[f"{kind}_dialogues"] = len(ds)
+        for d in ds:
+            for emo in _never_named(kind, plans[kind][d.id]):
+                hits = banned.leaks(emo, d.text())
+                if hits:
+                    rep.errors.append(f"{d.id}: names {emo!r}: {sorted(set(hits))}")
+        dups = near_duplicates({d.id: d.text() for d in ds})
+        rep.errors += [f"near-duplicate {kind} dialogues {a} and {b} (Jaccard {j})" for a, b, j in dups]
 
 
 # Words that would make a "neutral" dialogue emotional or chatty; the neutral set must contain none.
