@@ -62,6 +62,7 @@ benchmark: setup
 	$(PY) benchmarks/extraction.py --memory-n 2052 --json benchmarks/results/extraction-float32.json
 	$(PY) benchmarks/extraction.py --dtype bfloat16 --json benchmarks/results/extraction-bfloat16.json
 	$(PY) benchmarks/bf16_agreement.py | tee benchmarks/results/bf16_agreement.txt
+	$(PY) benchmarks/preferences.py --json benchmarks/results/preferences-bf16.json
 
 check-data: setup
 	$(PY) -m emolens.data check
