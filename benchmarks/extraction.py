@@ -54,14 +54,19 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def plain_hf(model: str, dtype: str) -> Any:
-    """A fresh HF model from the same cached weights, untouched by the bridge (which rewires its own copy)."""
+def plain_causal_lm(model: str, dtype: str) -> Any:
+    """A fresh HF causal LM from the same cached weights, untouched by the bridge (which rewires its own copy)."""
     from transformers import AutoModelForCausalLM
 
     from emolens.models.embedded import EMBEDDED, ensure_converted
 
     source = str(ensure_converted(model, verify=False)[0]) if model in EMBEDDED else model
-    hf = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype)).eval()
+    return AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype)).eval()
+
+
+def plain_hf(model: str, dtype: str) -> Any:
+    """The decoder of :func:`plain_causal_lm` (no final norm beyond its own, no unembedding)."""
+    hf = plain_causal_lm(model, dtype)
     return hf.model if hasattr(hf, "model") else hf.transformer
 
 

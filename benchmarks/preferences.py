@@ -13,17 +13,9 @@ import time
 import torch
 
 
-def plain_model(model: str, dtype: str):  # noqa: ANN201
-    """A separately loaded HF causal LM from the same cached weights, untouched by the bridge."""
-    from transformers import AutoModelForCausalLM
-
-    from emolens.models.embedded import EMBEDDED, ensure_converted
-
-    source = str(ensure_converted(model, verify=False)[0]) if model in EMBEDDED else model
-    return AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype)).eval()
-
-
 def main() -> None:
+    from extraction import padded, plain_causal_lm  # the extraction benchmark's plain-HF helpers (same folder)
+
     from emolens.activations import length_batches
     from emolens.analyses.preferences import all_pairs, choice_prompt, last_position_logits
     from emolens.data.sets import load_activities
@@ -42,7 +34,7 @@ def main() -> None:
     pairs = all_pairs(len(acts))[:a.pairs]
     prompts = [choice_prompt(model.spec, acts[i], acts[j]) for i, j in pairs]
     seqs = [model.spec.encode(t) for t in prompts]
-    hf = plain_model(a.model, a.dtype)
+    hf = plain_causal_lm(a.model, a.dtype)
     decoder, head = hf.model, hf.lm_head  # the decoder's output already carries the final norm
     batches = length_batches([len(s) for s in seqs], a.batch_size)
     times = {"emolens": 0.0, "plain_hf": 0.0}
@@ -53,12 +45,7 @@ def main() -> None:
             if method == "emolens":
                 last_position_logits(model, [prompts[i] for i in batch], batch_size=len(batch))
             else:
-                T = max(len(seqs[i]) for i in batch)
-                ids = torch.zeros((len(batch), T), dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for k, i in enumerate(batch):
-                    ids[k, :len(seqs[i])] = torch.tensor(seqs[i])
-                    mask[k, :len(seqs[i])] = 1
+                ids, mask = padded(seqs, batch)
                 h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
                 head(h[torch.arange(len(batch)), mask.sum(1) - 1])  # logits of the last position only
             times[method] += time.perf_counter() - t

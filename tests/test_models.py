@@ -81,6 +81,8 @@ def test_unknown_names_and_dtypes_are_clear_errors():
         load_model("smollm2-135m-instruct", dtype="int8")
     with pytest.raises(ValueError, match="unknown tiny architecture"):
         tiny_model("mamba")
+    with pytest.raises(ModelError, match="non-empty string"):
+        load_model("")
 
 
 def test_offline_hub_model_gives_actionable_error(monkeypatch, tmp_path):
