@@ -13,14 +13,13 @@ different one (``deflect``), or shows the real one openly (``open``, the matched
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from emolens.data.check import jaccard, shingles, words
 from emolens.data.leaks import load_banned_words
-from emolens.data.records import DataError, field, load_topics, read_jsonl
+from emolens.data.records import DataError, append_jsonl, field, load_topics, read_jsonl
 from emolens.paths import data_dir as repo_data_dir
 
 SPEAKER_EMOTIONS = ("happy", "excited", "calm", "relaxed", "inspired", "loving", "grateful", "proud", "smug",
@@ -210,10 +209,5 @@ def add(kind: str, submitted: Path, data_dir: Path | None = None, writer: str | 
         stored.append(rec)
         done.add(did)
         seen.append(sh)
-    if stored:
-        path = _folder(kind, root) / f"{writer}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as f:
-            for rec in stored:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    append_jsonl(_folder(kind, root) / f"{writer}.jsonl", stored)
     return len(stored), rejected

@@ -7,7 +7,6 @@ topic, person and channel filled in from the plan, so a writer cannot mislabel a
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 from emolens.data.check import MAX_WORDS, MIN_WORDS, jaccard, shingles, words
 from emolens.data.leaks import load_banned_words
 from emolens.data.plan import V2_WRITERS, Slot, v2_plan, writer_order
-from emolens.data.records import DataError, load_emotions, load_stories, load_topics, read_jsonl
+from emolens.data.records import DataError, append_jsonl, load_emotions, load_stories, load_topics, read_jsonl
 from emolens.paths import data_dir as repo_data_dir
 
 # Stock phrases STYLE.md asks writers to avoid; a story containing one is sent back.
@@ -129,12 +128,7 @@ def add(writer: str, submitted: Path, data_dir: Path | None = None) -> tuple[int
         own.append(sh)
         openings[opening] += 1
         exact.add(key)
-    if stored:
-        path = staging_path(writer, root)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as f:
-            for rec in stored:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    append_jsonl(staging_path(writer, root), stored)
     return len(stored), rejected
 
 

@@ -7,11 +7,10 @@ number of exchanges cycles 1, 2, 3, 1, 2, 4, 1, 3, 2, 5 over J, so lengths vary 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from emolens.data.check import NEUTRAL_FORBIDDEN, jaccard, shingles, words
-from emolens.data.records import DataError, load_topics, read_jsonl
+from emolens.data.records import DataError, append_jsonl, load_topics, read_jsonl
 from emolens.data.sets import load_neutral_dialogues, parse_dialogue
 from emolens.paths import data_dir as repo_data_dir
 
@@ -80,10 +79,5 @@ def add(writer: str, submitted: Path, data_dir: Path | None = None) -> tuple[int
         stored.append(rec)
         done.add(did)
         seen.append(sh)
-    if stored:
-        path = root / "neutral_v2" / f"{writer}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as f:
-            for rec in stored:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    append_jsonl(root / "neutral_v2" / f"{writer}.jsonl", stored)
     return len(stored), rejected

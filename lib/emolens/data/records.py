@@ -40,6 +40,17 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield n, obj
 
 
+def append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append records to a JSONL file (created with its folder if missing): the writers' intakes store here."""
+    if not records:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
 def field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
     """Return obj[name], checking presence and type; errors name the place and the expected type."""
     if name not in obj:
