@@ -87,6 +87,7 @@ def test_checker_catches_leaks_lengths_plan_and_duplicates(tmp_path):
     rows[2]["text"] = "Too short."
     rows[3]["topic_id"] = (rows[3]["topic_id"] + 1) % 100
     rows[4]["text"] = rows[1]["text"] + " and one more"
+    rows[5]["text"] = rows[5]["text"] + " She said, 'Go on.'"
     _write(tmp_path / "stories" / "afraid.jsonl", rows)
     rep = check_corpus(tmp_path, ["afraid"])
     text = "\n".join(rep.errors)
@@ -94,7 +95,19 @@ def test_checker_catches_leaks_lengths_plan_and_duplicates(tmp_path):
     assert "afraid-02: 2 words" in text
     assert "afraid-03: (topic_id, person)" in text
     assert "near-duplicate stories afraid-01 and afraid-04" in text
+    assert "afraid-05: quotations must be in straight double quotes (found ['Go on.'])" in text
     assert not rep.ok
+
+
+def test_quotes_are_normalised_without_touching_apostrophes():
+    from emolens.data.quotes import normalise_quotes, single_quoted_speech
+
+    text = "The twins' coats hung there. 'Don't go,' she said, and he said \u201cwhy?\u201d 'Escobillas' was it; rock 'n' roll."
+    assert single_quoted_speech(text) == ["Don't go,", "Escobillas"]
+    assert normalise_quotes(text) == ("The twins' coats hung there. \"Don't go,\" she said, and he said \"why?\" "
+                                      "\"Escobillas\" was it; rock 'n' roll.")
+    assert normalise_quotes("It's the 90's, isn't it?") == "It's the 90's, isn't it?"
+    assert all(normalise_quotes(s.text) == s.text for s in load_stories(corpus="v2"))
 
 
 def test_near_duplicates_ignore_independent_texts():

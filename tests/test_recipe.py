@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from emolens.activations import Pooling
+from emolens.data import load_stories
 from emolens.vectors import EmotionVectors, emotion_vectors, story_activations
 
 LABELS = ["a", "b", "a", "b", "a", "b"]
@@ -99,3 +100,20 @@ def test_emotion_without_stories_is_an_error(tiny_llama, sample_texts, isolated_
     with pytest.raises(ValueError, match="no stories"):
         emotion_vectors(bridge, spec, sample_texts, LABELS, None, emotions=["a", "b", "c"],
                                 progress=False, folder=isolated_cache / "c")
+
+
+def test_subsample_spreads_writers_and_is_first_n_on_one_writer():
+    from collections import Counter
+
+    from emolens.vectors import spread_per_emotion
+
+    v2 = load_stories(corpus="v2")
+    kept = spread_per_emotion(v2, 9)
+    per = Counter(s.emotion for s in kept)
+    assert set(per.values()) == {9}
+    for emo in list(per)[:20]:
+        assert len({s.author for s in kept if s.emotion == emo}) == 9  # one story from each of its 9 writers
+    firsts = Counter(s.author for s in spread_per_emotion(v2, 1))
+    assert max(firsts.values()) - min(firsts.values()) <= 171 // 9  # every writer leads some emotions
+    v1 = load_stories(corpus="v1")
+    assert [s.id for s in spread_per_emotion(v1, 3)] == [s.id for s in v1 if s.slot < 3]

@@ -105,6 +105,7 @@ def check_corpus(data_dir: Path | None = None, emotions: list[str] | None = None
     makes an incomplete v2 an error).
     """
     from emolens.data.plan import check_v2
+    from emolens.data.quotes import normalise_quotes, single_quoted_speech
 
     root = Path(data_dir or repo_data_dir())
     rep = Report()
@@ -136,6 +137,10 @@ def check_corpus(data_dir: Path | None = None, emotions: list[str] | None = None
             hits = banned.leaks(s.emotion, s.text)
             if hits:
                 rep.errors.append(f"{s.id}: leaks banned word(s) {sorted(set(hits))}")
+        if s.text != normalise_quotes(s.text):
+            rep.errors.append(f"{s.id}: quotations must be in straight double quotes (found "
+                              f"{single_quoted_speech(s.text)[:2] or 'curly quotes'}); "
+                              f"emolens.data.quotes.normalise_quotes rewrites them")
     for emo in wanted:
         have = sum(1 for s in by_emotion.get(emo, []) if s.slot < STORIES_PER_EMOTION)
         if have != STORIES_PER_EMOTION:

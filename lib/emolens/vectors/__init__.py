@@ -22,7 +22,7 @@ from emolens.vectors.recipe import (
     CorpusActivations,
     corpus_activations,
     emotion_vectors,
-    first_per_emotion,
+    spread_per_emotion,
     neutral_covariance,
     neutral_texts,
     rms_norms,
@@ -31,6 +31,6 @@ from emolens.vectors.recipe import (
 )
 
 __all__ = ["EXTRACT_VERSION", "FORMAT_VERSION", "CorpusActivations", "EmotionVectors", "build_emotion_vectors", "denoising_kept",
-           "committed_path", "corpus_activations", "emotion_means", "emotion_vectors", "first_per_emotion",
+           "committed_path", "corpus_activations", "emotion_means", "emotion_vectors", "spread_per_emotion",
            "load_or_build", "neutral_components", "neutral_covariance", "neutral_texts", "project_out", "rms_norms",
            "select_emotions", "story_activations", "variance_curve", "vectors_from", "vectors_key"]

@@ -172,16 +172,28 @@ def neutral_texts(spec: ModelSpec, limit: int | None = None, data_dir: Path | No
     return [spec.format_chat(d.messages()) for d in load_neutral_dialogues(data_dir, version)[:limit]]
 
 
-def first_per_emotion(stories: Sequence[Any], n: int) -> list[Any]:
-    """Each emotion's first ``n`` stories (in slot order), for subsampled runs of the larger models."""
-    from collections import Counter
+def spread_per_emotion(stories: Sequence[Any], n: int) -> list[Any]:
+    """``n`` stories per emotion spread over its writers, for subsampled runs of the larger models.
 
-    kept, seen = [], Counter()
+    Taking each emotion's first ``n`` would take v2's block-written v1 stories first and bring back the
+    writer-emotion confound; instead writers are taken in turn (each emotion starting at a different writer, so
+    every writer appears about equally often over the emotions), each writer's stories in slot order (which
+    rotates v2's planned channels). On v1, one writer per emotion, this is the first ``n`` in slot order.
+    The kept stories stay in corpus order.
+    """
+    from collections import defaultdict
+
+    by_emotion: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
     for s in stories:
-        if seen[s.emotion] < n:
-            kept.append(s)
-            seen[s.emotion] += 1
-    return kept
+        by_emotion[s.emotion][s.author].append(s)
+    kept: set[int] = set()
+    for e_pos, writers in enumerate(by_emotion.values()):
+        names = sorted(writers)
+        names = names[e_pos % len(names):] + names[:e_pos % len(names)]
+        queues = [sorted(writers[w], key=lambda s: s.slot) for w in names]
+        turn = [s for depth in range(max(map(len, queues))) for q in queues if depth < len(q) for s in [q[depth]]]
+        kept.update(id(s) for s in turn[:n])
+    return [s for s in stories if id(s) in kept]
 
 
 def select_emotions(emotions: str | Sequence[str] | None, data_dir: Path | None = None) -> list[str] | None:
@@ -205,7 +217,8 @@ def corpus_activations(bridge: TransformerBridge, spec: ModelSpec, emotions: str
     """Run the shipped stories (all, or a subset) and neutral dialogues through the model, with caching.
 
     ``emotions``: "all", "exemplars" or a list; ``corpus``: "v1", "v2" or "v2-new" (see
-    :func:`emolens.data.load_stories`); ``stories_per_emotion`` keeps each emotion's first n stories.
+    :func:`emolens.data.load_stories`); ``stories_per_emotion`` keeps n stories per emotion spread over
+    its writers (:func:`spread_per_emotion`).
     ``data_dir`` reads another corpus laid out like ``data/`` (emotions.jsonl, stories/, neutral_dialogues.jsonl):
     a fork's own stories go through exactly the same recipe.
     """
@@ -213,7 +226,7 @@ def corpus_activations(bridge: TransformerBridge, spec: ModelSpec, emotions: str
 
     stories = load_stories(data_dir, emotions=select_emotions(emotions, data_dir), corpus=corpus)
     if stories_per_emotion is not None:
-        stories = first_per_emotion(stories, stories_per_emotion)
+        stories = spread_per_emotion(stories, stories_per_emotion)
     if not stories:
         raise ValueError("no stories found in data/stories for the emotions asked for")
     emos = list(dict.fromkeys(s.emotion for s in stories))
