@@ -148,3 +148,34 @@ def test_trace_display():
     matplotlib.use("Agg")
     fig = trace_figure([("x", ["Hello", " world"], [0.5, -0.5])])
     assert fig is not None
+
+
+def test_per_writer_geometry_uses_only_writers_of_every_emotion():
+    from types import SimpleNamespace
+
+    import torch
+
+    from emolens.analyses.geometry import per_writer_geometry
+
+    rng = np.random.default_rng(2)
+    E, d = 24, 16
+    emotions = ["happy", "sad", "inspired", "calm"] + [f"e{i}" for i in range(E - 4)]
+    val = rng.uniform(1, 9, E)
+    val[0], val[1] = 9, 1
+    axis = rng.normal(size=d)
+    stories, rows = [], []
+    for w, n_emo in (("w1", E), ("w2", E), ("block", E // 2)):
+        for i in range(n_emo):
+            for _ in range(3):
+                stories.append(SimpleNamespace(emotion=emotions[i], author=w))
+                rows.append((val[i] - 5) * axis + 0.3 * rng.normal(size=d))
+    means = torch.tensor(np.array(rows), dtype=torch.float32)[:, None, :]
+    u = rng.normal(size=d)
+    u -= (u @ axis) / (axis @ axis) * axis  # the neutral direction removed is orthogonal to the planted one
+    acts = SimpleNamespace(stories=stories, means=means, counts=torch.ones(len(rows)), layers=[3],
+                           neutral_cov=torch.tensor(np.outer(u, u), dtype=torch.float32)[None], emotions=emotions,
+                           labels=[s.emotion for s in stories])
+    ratings = {e: Rating(e, v, 5.0, 5.0, "exact") for e, v in zip(emotions, val)}
+    out = per_writer_geometry(acts, 3, ratings, ["a", "b"] * (E // 2), n_boot=50)
+    assert set(out) == {"w1", "w2"} and out["w1"]["n_stories"] == 3 * E
+    assert out["w1"]["pc1_valence"]["value"] > 0.9

@@ -94,3 +94,28 @@ def test_factor_effect_finds_a_planted_channel_axis_and_not_a_random_one():
     feature = pts[:, 0] + rng.normal(size=n)
     nulls = data_shaped_nulls(pts, feature, groups, np.eye(d)[1:6], np.eye(d)[:8], n=50)
     assert set(nulls) == {"covariance", "emotion_vectors", "later_pcs"} and len(nulls["later_pcs"]) == 6
+
+
+def test_style_factors_names_the_planted_factor_only():
+    from types import SimpleNamespace
+
+    from emolens.analyses.narrative import style_factors
+
+    rng = np.random.default_rng(3)
+    n, d = 300, 12
+    emotions = np.repeat([f"e{i}" for i in range(15)], 20)
+    channels = np.tile(["body", "speech", "action", "thought", "setting"], 60)
+    writers = np.tile(np.repeat(["w1", "w2"], 5), 30)
+    shift = {"body": 3.0, "speech": -3.0, "action": 1.0, "thought": -1.0, "setting": 0.0}
+    pts = rng.normal(size=(n, d))
+    pts[:, 0] += [shift[c] for c in channels]
+    stories = [SimpleNamespace(emotion=e, channel=c, author=w, person="first" if i % 2 else "third",
+                               text="my hands shook" if c == "body" else "she said no")
+               for i, (e, c, w) in enumerate(zip(emotions, channels, writers))]
+    pcs = SimpleNamespace(components=np.eye(d)[:6])
+    out = style_factors(pts, pcs, stories, np.eye(d)[6:9], n=60)
+    ch, wr = out["factors"]["channel"]["pc1"], out["factors"]["writer"]["pc1"]
+    assert ch["eta_squared"] > 0.5 and ch["p"] < 0.05
+    assert wr["eta_squared"] < wr["null_95"] + 0.02 and out["factors"]["channel"]["pc2"]["p"] > 0.05
+    body = out["body_pc1_within_emotion"]
+    assert body["abs_r"] > 0.5 and body["nulls"]["later_pcs"]["n"] == 4

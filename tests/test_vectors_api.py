@@ -100,9 +100,12 @@ def test_committed_default_vectors_load_fast_and_match_the_current_recipe():
     t = time.perf_counter()
     ev = EmotionVectors.load(path, expect_model=DEFAULT_MODEL)
     load_seconds = time.perf_counter() - t
-    model = load_model(DEFAULT_MODEL)
-    key = vectors_key(model.spec, "all", [model.spec.probe_layer])
+    from emolens.defaults import corpus, model_dtype
+
+    model = load_model(DEFAULT_MODEL)  # float32; the committed file was extracted in the full runs' dtype
+    key = vectors_key(model.spec, "all", [model.spec.probe_layer], dtype=model_dtype(fast=False))
     assert ev.settings["key"] == key, "the committed vectors were made from another corpus or settings: make run"
+    assert key["corpus"] == corpus() == "v2"
     assert ev.vectors.shape == (171, 1, model.spec.d_model) and torch.isfinite(ev.residual_norms).all()
     assert load_or_build(model).settings["key"] == key  # served from the committed file, no extraction
     print(f"committed vectors loaded in {load_seconds:.3f} s")

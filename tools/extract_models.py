@@ -16,7 +16,7 @@ import time
 def main(names: list[str]) -> None:
     import torch
 
-    from emolens.defaults import other_models
+    from emolens.defaults import corpus, other_models
     from emolens.models import load_model
     from emolens.vectors import corpus_activations
 
@@ -25,6 +25,7 @@ def main(names: list[str]) -> None:
         t = time.perf_counter()
         model = load_model(m.name, dtype=m.dtype)
         acts = corpus_activations(*model, stories_per_emotion=m.stories_per_emotion, neutral_limit=m.neutral_limit,
+                                  corpus=corpus(),
                                   layers=[model.spec.probe_layer])
         print(f"{m.name}: {len(acts.stories)} stories, {acts.n_neutral} neutral, {time.perf_counter() - t:.0f} s",
               flush=True)

@@ -32,12 +32,28 @@ CORPORA = ("v1", "v2")
 
 
 def corpus() -> str:
-    """``EMOLENS_CORPUS``: "v1" (the 12 block-written stories per emotion, what the committed results use) or
-    "v2" (v1 plus the 40 crossed stories per emotion, once written)."""
-    c = os.environ.get("EMOLENS_CORPUS", "v1")
+    """``EMOLENS_CORPUS``: "v2" (the default and the committed results: v1's 12 block-written stories per emotion
+    plus 40 crossed by writer and channel) or "v1" (the 12 alone, to compare with the first results)."""
+    c = os.environ.get("EMOLENS_CORPUS", "v2")
     if c not in CORPORA:
         raise ValueError(f"EMOLENS_CORPUS={c!r}: allowed {', '.join(CORPORA)}")
     return c
+
+
+DTYPES = ("float32", "bfloat16")
+
+
+def model_dtype(fast: bool | None = None) -> str:
+    """``EMOLENS_DTYPE``, else bfloat16 for full runs and float32 in fast mode.
+
+    bf16 extracts the full corpus 2.6x faster here and agrees with float32 at the probe layer to cosine >= 0.9998
+    for every emotion (``benchmarks/results/bf16_agreement.txt``); fast mode stays float32 so that the golden
+    numbers test the reference arithmetic.
+    """
+    d = os.environ.get("EMOLENS_DTYPE") or ("float32" if (fast_mode() if fast is None else fast) else "bfloat16")
+    if d not in DTYPES:
+        raise ValueError(f"EMOLENS_DTYPE={d!r}: allowed {', '.join(DTYPES)}")
+    return d
 
 
 def neutral_limit(fast: bool | None = None) -> int | None:
@@ -54,17 +70,25 @@ class OtherModel:
     """A model of the cross-model comparisons, with the subsample that keeps it practical on 2 CPU cores."""
 
     name: str
-    stories_per_emotion: int | None  # None: all
+    stories_per_emotion: int | None  # None: all; else spread over writers (vectors.spread_per_emotion)
     neutral_limit: int | None
     dtype: str
 
 
 # The cross-model table of notebook 04 and tools/extract_models.py share these, so their caches agree.
 OTHER_MODELS = (
-    OtherModel("gemma-3-270m", None, None, "float32"),
+    OtherModel("gemma-3-270m", 12, None, "float32"),  # 12 spread over writers: v1's count, without its blocks
     OtherModel("qwen2.5-coder-0.5b-instruct", 4, 120, "float32"),
     OtherModel("qwen2.5-coder-1.5b-instruct", 2, 40, "bfloat16"),  # bf16: 2x faster here (benchmarks/)
 )
+
+
+def other_model(name: str) -> OtherModel:
+    """The settings of one model of :data:`OTHER_MODELS` (so notebook 03's second model shares 04's cache)."""
+    for m in OTHER_MODELS:
+        if m.name == name:
+            return m
+    raise ValueError(f"{name!r} is not one of the other models: {', '.join(m.name for m in OTHER_MODELS)}")
 
 
 def other_models(selection: str | None = None) -> list[OtherModel]:

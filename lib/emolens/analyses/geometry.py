@@ -239,3 +239,26 @@ def model_geometry(model: Any, acts: Any, ratings: dict[str, Any], cluster_of: d
     row["body_words_vs_pcs"] = components_vs_feature(p.scores, [s.text for s in acts.stories], acts.labels,
                                                      ev.emotions, n_boot=n_boot)
     return row
+
+
+def per_writer_geometry(acts: Any, layer: int, ratings: dict[str, Any], clusters: Sequence[str],
+                        variance_fraction: float = 0.5, n_boot: int = 500) -> dict[str, dict[str, Any]]:
+    """The geometry summary from each writer's stories alone, for every writer who wrote every emotion (v2's
+    crossed writers): one writer's style is constant across emotions, so whatever PC1 and PC2 follow here is not
+    the difference between writers. Each writer has only a few stories per emotion, so expect noisier vectors
+    (correlations biased towards zero) than from the whole corpus."""
+    from emolens.vectors import build_emotion_vectors
+
+    j = acts.layers.index(layer)
+    writers = sorted({s.author for s in acts.stories})
+    out: dict[str, dict[str, Any]] = {}
+    for w in writers:
+        idx = [i for i, s in enumerate(acts.stories) if s.author == w]
+        if {acts.labels[i] for i in idx} != set(acts.emotions):
+            continue
+        v = build_emotion_vectors(acts.means[idx][:, [j]], acts.counts[idx], [acts.labels[i] for i in idx],
+                                  acts.emotions, [layer], acts.neutral_cov[[j]], variance_fraction)
+        s = geometry_summary(v.at(layer), acts.emotions, ratings, clusters, n_boot=n_boot)
+        out[w] = {"n_stories": len(idx), **{k: s[k] for k in ("pc1_valence", "pc2_arousal", "cv_direction_valence_r",
+                                                              "explained") if k in s}}
+    return out

@@ -161,3 +161,27 @@ def factor_effect(points: Any, direction: Any, factor: Sequence[Any], groups: Se
     null = [eta_squared(pts @ d, factor, groups) for d in covariance_directions(pts, n, seed)]
     return {"eta_squared": eta, "null_95": float(np.percentile(null, 95)),
             "p": float((np.sum(np.array(null) >= eta) + 1) / (len(null) + 1))}
+
+
+def style_factors(points: Any, pcs: Any, stories: Sequence[Any], emotion_vectors: Any, n: int = 200,
+                  seed: int = 0) -> dict[str, Any]:
+    """Corpus v2's question: once writer and channel are crossed with emotion, do they still move stories along
+    PC1 and PC2 *within* emotion? For each factor (writer, narrative channel, person), eta-squared and its
+    covariance-shaped null (:func:`factor_effect`); v1's stories, which have no planned channel, form their own
+    level. Then the within-emotion body-word test of PC1 against the three data-shaped nulls of
+    :func:`data_shaped_nulls` (their 95th percentiles, and the share of each null at or above PC1's |r|)."""
+    pts = np.asarray(points, dtype=float)
+    groups = [s.emotion for s in stories]
+    factors = {"writer": [s.author for s in stories], "channel": [s.channel or "v1 (unplanned)" for s in stories],
+               "person": [s.person for s in stories]}
+    comps = np.asarray(pcs.components, dtype=float)
+    out: dict[str, Any] = {"factors": {f: {f"pc{k + 1}": factor_effect(pts, comps[k], lv, groups, n, seed)
+                                           for k in range(2)} for f, lv in factors.items()}}
+    body = narrative_features([s.text for s in stories])["body"]
+    r = abs(within_group_r(pts, comps[0], body, groups))
+    nulls = data_shaped_nulls(pts, body, groups, emotion_vectors, comps, n, seed)
+    out["body_pc1_within_emotion"] = {
+        "abs_r": float(r),
+        "nulls": {k: {"p95": float(np.percentile(v, 95)), "share_at_least": float(np.mean(v >= r)), "n": len(v)}
+                  for k, v in nulls.items()}}
+    return out

@@ -178,7 +178,8 @@ def classification_with_controls(acts: Any, layer: int, cluster_of: Sequence[int
     """Held-out classification at one layer with its controls, each with a bootstrap CI over topics: denoised
     vectors, raw vectors, random directions of matched norm, shuffled labels, and (optionally) the bag-of-words
     text baseline. ``split``: "topic" (unseen topics) or "writer" (unseen writers: do the vectors carry the
-    emotion or the writer's style?). ``acts`` is a :class:`emolens.vectors.CorpusActivations`."""
+    emotion or the writer's style?). When ``acts`` holds layer 0, the recipe there is a further words-alone
+    control. ``acts`` is a :class:`emolens.vectors.CorpusActivations`."""
     j = acts.layers.index(layer)
     folds = story_folds(acts, split)
     one = dict(story_means=acts.means[:, [j]], counts=acts.counts, labels=acts.labels, topic_ids=acts.topic_ids,
@@ -187,6 +188,11 @@ def classification_with_controls(acts: Any, layer: int, cluster_of: Sequence[int
     runs = {"vectors": heldout_scores(**one),
             "vectors, raw": heldout_scores(**dict(one, neutral_cov=None), denoised=False),
             "random directions": heldout_scores(**one, random_directions_seed=seed)}
+    if 0 in acts.layers and layer != 0:
+        # the same recipe after the first block only: how far the words themselves, barely mixed, already go
+        z = acts.layers.index(0)
+        runs["vectors, layer 0"] = heldout_scores(**dict(one, story_means=acts.means[:, [z]], layers=[0],
+                                                         neutral_cov=acts.neutral_cov[[z]]))
     if bag_of_words:
         runs["bag of words"] = bag_of_words_scores([s.text for s in acts.stories], acts.labels, acts.topic_ids,
                                                    acts.emotions, folds=folds)

@@ -22,11 +22,11 @@ from emolens.vectors.recipe import (
     CorpusActivations,
     corpus_activations,
     emotion_vectors,
-    spread_per_emotion,
     neutral_covariance,
     neutral_texts,
     rms_norms,
     select_emotions,
+    spread_per_emotion,
     story_activations,
 )
 

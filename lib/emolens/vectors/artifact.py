@@ -26,14 +26,18 @@ def committed_path(model_name: str) -> Path:
     return data_dir() / "vectors" / f"{model_name}.safetensors"
 
 
-def vectors_key(spec: Any, emotions: str | Sequence[str] | None = "all", layers: Any = None, corpus: str = "v1",
-                neutral_limit: int | None = None, variance_fraction: float = VARIANCE_FRACTION,
-                pooling: Pooling = Pooling(), site: str = "resid_post") -> dict[str, Any]:
-    """Everything that shapes a set of vectors, with the texts as content hashes."""
+def vectors_key(spec: Any, emotions: str | Sequence[str] | None = "all", layers: Any = None,
+                corpus: str | None = None, neutral_limit: int | None = None,
+                variance_fraction: float = VARIANCE_FRACTION, pooling: Pooling = Pooling(),
+                site: str = "resid_post", dtype: str | None = None) -> dict[str, Any]:
+    """Everything that shapes a set of vectors, with the texts as content hashes. ``corpus`` defaults to
+    :func:`emolens.defaults.corpus`; ``dtype`` (the dtype the stories were run in) to the model's."""
     from emolens.data import load_stories
+    from emolens.defaults import corpus as default_corpus
 
+    corpus = corpus or default_corpus()
     stories = load_stories(emotions=select_emotions(emotions), corpus=corpus)
-    return {"model": spec.name, "weights": spec.weight_sha256 or spec.weight_source, "dtype": spec.dtype,
+    return {"model": spec.name, "weights": spec.weight_sha256 or spec.weight_source, "dtype": dtype or spec.dtype,
             "extract_version": EXTRACT_VERSION, "format": FORMAT_VERSION,
             "layers": resolve_layers(spec, layers if layers is not None else [spec.probe_layer]),
             "corpus": corpus, "stories": content_hash([[s.id, s.emotion, s.text] for s in stories]),
@@ -53,13 +57,18 @@ def _matching(path: Path, key: dict[str, Any], model: str) -> EmotionVectors | N
 
 
 def load_or_build(model: Any, emotions: str | Sequence[str] | None = "all", layers: Any = None,
-                  corpus: str = "v1", neutral_limit: int | None = None,
+                  corpus: str | None = None, neutral_limit: int | None = None,
                   variance_fraction: float = VARIANCE_FRACTION, pooling: Pooling = Pooling(),
                   progress: bool = True) -> EmotionVectors:
     """The vectors of ``model`` (``(bridge, spec)``) for the shipped corpus: committed file, cache, or recipe.
 
-    ``layers`` defaults to the model's probe layer. Building reads the stories only up to the deepest layer
-    asked for, and caches the result under its key.
+    ``layers`` defaults to the model's probe layer, ``corpus`` to :func:`emolens.defaults.corpus`. Building reads
+    the stories only up to the deepest layer asked for, and caches the result under its key.
+
+    The committed files are extracted in bfloat16 (notebook 02's full run; :func:`emolens.defaults.model_dtype`),
+    and they also serve a float32 model: at the probe layer every bf16 vector agrees with its float32
+    counterpart to cosine >= 0.9998 (``benchmarks/results/bf16_agreement.txt``). The returned vectors' key
+    says which dtype made them. Anything else that differs (corpus, texts, layers, settings) is never matched.
 
     Example::
 
@@ -68,6 +77,8 @@ def load_or_build(model: Any, emotions: str | Sequence[str] | None = "all", laye
         with vectors.steer(model, "desperate", alpha=0.1):
             ...
     """
+    from emolens.defaults import model_dtype
+
     bridge, spec = model
     key = vectors_key(spec, emotions, layers, corpus, neutral_limit, variance_fraction, pooling)
     cached_path = cache_dir() / "vectors" / f"{content_hash(key)}.safetensors"
@@ -75,8 +86,13 @@ def load_or_build(model: Any, emotions: str | Sequence[str] | None = "all", laye
         ev = _matching(path, key, spec.name)
         if ev is not None:
             return ev
+    committed_dtype = model_dtype(fast=False)
+    if spec.dtype == "float32" and committed_dtype == "bfloat16":
+        ev = _matching(committed_path(spec.name), dict(key, dtype=committed_dtype), spec.name)
+        if ev is not None:
+            return ev
     acts = corpus_activations(bridge, spec, emotions=emotions, neutral_limit=neutral_limit, layers=key["layers"],
-                              pooling=pooling, corpus=corpus, progress=progress)
+                              pooling=pooling, corpus=key["corpus"], progress=progress)
     ev = vectors_from(acts, spec, key)
     ev.save(cached_path)
     return ev
