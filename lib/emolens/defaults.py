@@ -29,12 +29,13 @@ def model_name() -> str:
 
 
 CORPORA = ("v1", "v2")
+DEFAULT_CORPUS = "v2"  # what the committed results and vectors are made from
 
 
 def corpus() -> str:
     """``EMOLENS_CORPUS``: "v2" (the default and the committed results: v1's 12 block-written stories per emotion
     plus 40 crossed by writer and channel) or "v1" (the 12 alone, to compare with the first results)."""
-    c = os.environ.get("EMOLENS_CORPUS", "v2")
+    c = os.environ.get("EMOLENS_CORPUS", DEFAULT_CORPUS)
     if c not in CORPORA:
         raise ValueError(f"EMOLENS_CORPUS={c!r}: allowed {', '.join(CORPORA)}")
     return c
