@@ -159,3 +159,52 @@ def readout_explorer(bridge: TransformerBridge, spec: Any, vectors: Any, default
 
 # the name notebook 03 and forks use
 explorer = readout_explorer
+
+
+def steering_playground(model: Any, vectors: Any, default_prompt: str = "Tell me about your weekend plans.",
+                        cost_texts: Sequence[str] = (), max_new_tokens: int = 30, flag_ratio: float = 1.5) -> Explorer:
+    """Pick an emotion, a strength, a layer range and where to steer; see the greedy reply with and without
+    steering side by side, and the cost of that steering on neutral text (KL per token, perplexity ratio;
+    flagged past ``flag_ratio``). ``Explorer.html(...)`` runs the callback without a browser."""
+    import ipywidgets as w
+
+    from emolens.generate import complete
+    from emolens.interventions import intervention_cost, named_span
+
+    bridge, spec = model
+    layers = list(vectors.layers)
+    mid = spec.probe_layer if spec.probe_layer in layers else layers[len(layers) // 2]
+    controls = {
+        "prompt": w.Textarea(value=default_prompt, layout=w.Layout(width="95%", height="60px")),
+        "emotion": w.Dropdown(options=vectors.emotions, value=vectors.emotions[0], description="emotion"),
+        "alpha": w.FloatSlider(value=0.5, min=-1.0, max=1.0, step=0.05, description="alpha"),
+        "layers": w.SelectionRangeSlider(options=layers, index=(layers.index(mid), layers.index(mid)),
+                                         description="layers"),
+        "span": w.Dropdown(options=["all", "reply", "prompt"], value="all", description="steer on"),
+    }
+    clean_cache: dict[str, str] = {}
+
+    def render(prompt: str, emotion: str, alpha: float, layers: tuple[int, int], span: str) -> str:
+        chosen = [la for la in vectors.layers if layers[0] <= la <= layers[1]]
+        formatted = spec.format_user_prompt(prompt)
+        if formatted not in clean_cache:
+            clean_cache[formatted] = complete(bridge, spec, formatted, max_new_tokens)
+        sp = named_span(spec, formatted, "", span)
+
+        def steered() -> Any:
+            return vectors.steer(model, emotion, alpha, chosen, spans=[[sp]])
+        with steered():
+            text = complete(bridge, spec, formatted, max_new_tokens)
+        cost = ""
+        if cost_texts:
+            c = intervention_cost(bridge, spec, list(cost_texts),
+                                  lambda: vectors.steer(model, emotion, alpha, chosen))
+            flag = " <b style='color:#d62728'>(past the flag)</b>" if c["perplexity_ratio"] > flag_ratio else ""
+            cost = (f"<div>cost on {len(cost_texts)} neutral dialogues, every token steered: KL "
+                    f"{c['kl_per_token']:.3f} nats/token, perplexity x{c['perplexity_ratio']:.2f}{flag}</div>")
+        head = f"{html.escape(emotion)}, alpha {alpha:+.2f}, layers {chosen}, on the {span} tokens"
+        cell = "<td style='vertical-align:top;padding:4px;border:1px solid #ccc;white-space:pre-wrap'>{}</td>"
+        return (f"<div><b>{head}</b></div><table><tr><th>unsteered</th><th>steered</th></tr><tr>"
+                f"{cell.format(html.escape(clean_cache[formatted]))}{cell.format(html.escape(text))}</tr></table>{cost}")
+
+    return Explorer("Steering playground", controls, render, button="Generate")

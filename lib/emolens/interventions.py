@@ -181,3 +181,161 @@ def intervention_cost(bridge: TransformerBridge, spec: ModelSpec, texts: Sequenc
 
     return {"kl_per_token": float(torch.cat(kls).mean()), "perplexity_ratio": math.exp((nll_int - nll_clean) / n_tok),
             "tokens": n_tok}
+
+
+# ---- steering on token spans ---------------------------------------------------------------------------------
+# A span is [start, end) in one sequence's own token positions (as ``spec.encode`` numbers them); ``end=None``
+# runs to the end of the sequence and on through generated tokens. A row may carry several spans.
+Span = tuple[int, "int | None"]
+SPAN_KINDS = ("prompt", "reply", "all")
+
+
+def token_span(spec: ModelSpec, text: str, char_start: int, char_end: int) -> tuple[int, int]:
+    """Token positions ``[start, end)`` in ``spec.encode(text)`` of the tokens that overlap characters
+    ``[char_start, char_end)``. A zero-width character span gives a zero-width token span (a no-op to steer)."""
+    if isinstance(char_start, bool) or isinstance(char_end, bool) or not 0 <= char_start <= char_end <= len(text):
+        raise ValueError(f"character span [{char_start}, {char_end}) is out of range for a text of {len(text)} characters")
+    enc = spec.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = spec.encode(text)
+    shift = len(ids) - len(enc.input_ids)  # a BOS that encode prepends
+    if shift < 0 or ids[shift:] != list(enc.input_ids):
+        raise ValueError(f"{spec.name}: tokenizer offsets do not line up with spec.encode; cannot map a character span")
+    offsets = enc["offset_mapping"]
+    if char_start == char_end:
+        before = sum(1 for s, _ in offsets if s < char_start)
+        return shift + before, shift + before
+    hit = [k for k, (s, e) in enumerate(offsets) if s < char_end and e > char_start]
+    if not hit:
+        raise ValueError(f"no token covers characters [{char_start}, {char_end}) of the text")
+    return shift + hit[0], shift + hit[-1] + 1
+
+
+def text_span(spec: ModelSpec, text: str, part: str, occurrence: int = 0) -> tuple[int, int]:
+    """Token span of the ``occurrence``-th appearance of ``part`` inside ``text`` (e.g. an activity in a prompt)."""
+    if not part:
+        raise ValueError("the part to find is empty")
+    at = -1
+    for _ in range(occurrence + 1):
+        at = text.find(part, at + 1)
+        if at < 0:
+            raise ValueError(f"{part!r} does not occur {occurrence + 1} time(s) in the prompt")
+    return token_span(spec, text, at, at + len(part))
+
+
+def named_span(spec: ModelSpec, prompt: str, reply: str, kind: str) -> Span:
+    """The "prompt", "reply" or "all" span of ``prompt + reply`` (``reply`` may be empty: generation to come)."""
+    if kind not in SPAN_KINDS:
+        raise ValueError(f"span kind {kind!r} not allowed: choose one of {SPAN_KINDS}")
+    n_prompt = len(spec.encode(prompt))
+    return {"prompt": (0, n_prompt), "reply": (n_prompt, None), "all": (0, None)}[kind]
+
+
+def _check_spans(spans: Sequence[Sequence[Span]], lengths: Sequence[int] | None) -> list[list[Span]]:
+    if lengths is not None and len(lengths) != len(spans):
+        raise ValueError(f"{len(spans)} rows of spans but {len(lengths)} lengths")
+    out = []
+    for r, row in enumerate(spans):
+        checked = []
+        for sp in row:
+            start, end = sp
+            bad = isinstance(start, bool) or not isinstance(start, int) or start < 0 or (
+                end is not None and (not isinstance(end, int) or end < start))
+            if bad or (lengths is not None and end is not None and end > lengths[r]) or (
+                    lengths is not None and start > lengths[r]):
+                limit = f" (row length {lengths[r]})" if lengths is not None else ""
+                raise ValueError(f"span {sp!r} of row {r} is out of range{limit}")
+            checked.append((start, end))
+        out.append(checked)
+    return out
+
+
+def _per_layer(value: Any, layers: list[int], what: str) -> dict[int, Any]:
+    """A value given once (for every layer) or as a mapping layer -> value, as a dict over ``layers``."""
+    if isinstance(value, dict):
+        missing = [la for la in layers if la not in value]
+        if missing:
+            raise ValueError(f"{what} given for layers {sorted(value)} but not for {missing}")
+        return {la: value[la] for la in layers}
+    return {la: value for la in layers}
+
+
+@contextmanager
+def span_steering(bridge: TransformerBridge, spec: ModelSpec, direction: Any, layers: int | Sequence[int],
+                  alpha: float, norm: Any, spans: Sequence[Sequence[Span]], lengths: Sequence[int] | None = None,
+                  padding_side: str = "right", site: str = "resid_post") -> Iterator[None]:
+    """Add ``alpha * norm_l * direction_l/|direction_l|`` at each of ``layers``, at the token positions inside
+    ``spans`` only: ``spans[r]`` lists the spans of batch row r. ``direction`` and ``norm`` are one value for
+    every layer or a dict layer -> value (each layer's own vector and typical residual norm).
+
+    Positions are each sequence's own; with left padding give ``lengths`` (row r's position p then sits at
+    ``T - lengths[r] + p``). A one-token pass after a longer one (cached generation) continues the sequence,
+    as in :func:`steering`. Tokens outside the spans are untouched, bit for bit; ``alpha = 0`` or empty spans
+    leave the model exactly unchanged.
+    """
+    import torch
+
+    layers = steering_layers(spec, layers)
+    alpha = finite_number("alpha", alpha)
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side {padding_side!r} not allowed: 'right' or 'left'")
+    if padding_side == "left" and lengths is None:
+        raise ValueError("left padding needs the rows' lengths to place their spans")
+    rows = _check_spans(spans, lengths)
+    dirs = _per_layer(direction, layers, "direction")
+    norms = {la: finite_number(f"norm at layer {la}", v, positive=True)
+             for la, v in _per_layer(norm, layers, "norm").items()}
+    deltas = {la: alpha * norms[la] * unit_direction(dirs[la], spec, f"steering direction at layer {la}")
+              for la in layers}
+
+    def mask_for(B: int, T: int, start: int) -> Any:
+        """[B, T] True where the (padded) position is inside a row's span."""
+        if B != len(rows):
+            raise ValueError(f"span steering was given spans for {len(rows)} rows, the batch has {B}")
+        m = torch.zeros((B, T), dtype=torch.bool)
+        for r, row in enumerate(rows):
+            off = T - lengths[r] if (padding_side == "left" and lengths is not None and start == 0) else 0
+            for s, e in row:
+                lo, hi = s - start + off, (T if e is None else e - start + off)
+                if lengths is None and e is not None and e > start + T:
+                    raise ValueError(f"span ({s}, {e}) of row {r} runs past the sequence (length {start + T})")
+                lo, hi = max(lo, 0), min(hi, T)
+                if hi > lo:
+                    m[r, lo:hi] = True
+        return m
+
+    def make_hook(layer: int) -> Any:
+        seen = [0]
+
+        def add(resid: Any, hook: Any) -> Any:
+            B, T = resid.shape[:2]
+            start = seen[0] if T == 1 and seen[0] > 0 else 0
+            seen[0] = start + T
+            if alpha == 0:
+                return resid
+            m = mask_for(B, T, start).to(resid.device)
+            if not m.any():
+                return resid
+            out = resid.clone()
+            out[m] += deltas[layer].to(resid.device, resid.dtype)
+            return out
+        return add
+
+    with bridge.hooks(fwd_hooks=[(hook_name(layer, site), make_hook(layer)) for layer in layers]):
+        yield
+
+
+def span_cost(bridge: TransformerBridge, spec: ModelSpec, texts: Sequence[str], spans: Sequence[Span],
+              intervention: Any) -> dict[str, float]:
+    """:func:`intervention_cost` for an intervention placed on one span per text: ``intervention(span)``
+    returns the context manager for that text. KL and perplexity are pooled over every text's tokens."""
+    import math
+
+    if len(texts) != len(spans):
+        raise ValueError(f"{len(texts)} texts but {len(spans)} spans")
+    kl, log_ratio, n = 0.0, 0.0, 0
+    for t, sp in zip(texts, spans):
+        c = intervention_cost(bridge, spec, [t], lambda sp=sp: intervention(sp))
+        kl += c["kl_per_token"] * c["tokens"]
+        log_ratio += math.log(c["perplexity_ratio"]) * c["tokens"]
+        n += c["tokens"]
+    return {"kl_per_token": kl / n, "perplexity_ratio": math.exp(log_ratio / n), "tokens": n}

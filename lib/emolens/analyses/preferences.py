@@ -10,7 +10,8 @@ the soft outcomes (maximum likelihood with scipy), with the paper's Elo beside i
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,22 +33,33 @@ def choice_prompt(spec: Any, a: str, b: str) -> str:
 
 
 def letter_ids(spec: Any) -> tuple[int, int]:
-    """Token ids of "A" and "B" as they follow "(" (one token each for every tokenizer we ship)."""
+    """Token ids of "A" and "B" as they follow "(". The prompt ends in "(", so the answer is the letter's own
+    token; where a tokenizer would merge "(A" into one token (Qwen's), the bare letter's token is that answer."""
     ids = []
     for letter in ("A", "B"):
         base = spec.tokenizer(PREFILL, add_special_tokens=False).input_ids
         full = spec.tokenizer(PREFILL + letter, add_special_tokens=False).input_ids
         extra = full[len(base):]
         if len(extra) != 1 or full[:len(base)] != base:
-            raise ValueError(f"{spec.name}: '{letter}' after '(' is not a single token ({full}); cannot read a choice")
+            extra = spec.tokenizer(letter, add_special_tokens=False).input_ids
+        if len(extra) != 1:
+            raise ValueError(f"{spec.name}: '{letter}' is not a single token ({full}); cannot read a choice")
         ids.append(extra[0])
     return ids[0], ids[1]
 
 
-def last_position_logits(model: Model, prompts: Sequence[str], batch_size: int = 8) -> torch.Tensor:
+# An intervention for one batch: given the batch's prompt indices and their token lengths, a context manager
+# (e.g. span steering on those rows' activity tokens) that is active during that batch's forward pass.
+BatchIntervention = Callable[[list[int], list[int]], AbstractContextManager[Any]]
+
+
+def last_position_logits(model: Model, prompts: Sequence[str], batch_size: int = 8,
+                         intervention: BatchIntervention | None = None, progress: bool = False) -> torch.Tensor:
     """Next-token logits ``[n, vocab]`` at the last position of each prompt. The blocks run once per batch
-    (length-bucketed, through the fast path); the final norm and unembedding run for the last position only."""
+    (length-bucketed, right-padded, through the fast path); the final norm and unembedding run for the last
+    position only. ``intervention(batch, lengths)`` is entered around each batch's forward pass."""
     import torch
+    from tqdm.auto import tqdm
 
     from emolens.activations import forward_layers, length_batches
 
@@ -55,6 +67,7 @@ def last_position_logits(model: Model, prompts: Sequence[str], batch_size: int =
     seqs = [spec.encode(p) for p in prompts]
     last = spec.n_layers - 1
     out = None
+    bar = tqdm(total=len(seqs), desc="choices", disable=not progress, leave=False)
     for batch in length_batches([len(s) for s in seqs], batch_size):
         grabbed: list[torch.Tensor] = []
 
@@ -63,25 +76,105 @@ def last_position_logits(model: Model, prompts: Sequence[str], batch_size: int =
             ends = torch.tensor([offsets[r] + len(seqs[i]) - 1 for r, i in enumerate(batch)], device=resid.device)
             grabbed.append(resid[torch.arange(len(batch), device=resid.device), ends][:, None])
 
-        forward_layers(bridge, spec, [seqs[i] for i in batch], [last], "resid_post", on_layer)
+        ctx = intervention(batch, [len(seqs[i]) for i in batch]) if intervention else nullcontext()
+        with ctx:
+            forward_layers(bridge, spec, [seqs[i] for i in batch], [last], "resid_post", on_layer)
+        bar.update(len(batch))
         with torch.inference_mode():
             logits = bridge.unembed(bridge.ln_final(grabbed[0]))[:, 0].float().cpu()
         if out is None:
             out = torch.zeros((len(seqs), logits.shape[-1]))
         out[batch] = logits
+    bar.close()
     assert out is not None
     return out
 
 
+def choice_prompt_spans(spec: Any, a: str, b: str) -> tuple[str, tuple[int, int], tuple[int, int]]:
+    """The choice prompt and the token spans of option A's and option B's activity text inside it."""
+    from emolens.interventions import token_span
+
+    prompt = choice_prompt(spec, a, b)
+    question = CHOICE_QUESTION.format(a=a, b=b)
+    q0 = prompt.index(question)
+    a0 = q0 + CHOICE_QUESTION.index("{a}")
+    b0 = q0 + CHOICE_QUESTION.format(a=a, b="{b}").index("{b}")
+    return prompt, token_span(spec, prompt, a0, a0 + len(a)), token_span(spec, prompt, b0, b0 + len(b))
+
+
+@dataclass(frozen=True)
+class ChoiceSteer:
+    """Steering during a tournament: ``alpha`` x the typical residual norm of each layer along that layer's
+    direction, added on the tokens of every activity in ``focal`` wherever it appears in a choice prompt
+    (the paper steers the steered activities' token positions). Built by :func:`emotion_steer` or by hand."""
+
+    directions: dict[int, Any]  # layer -> [d]
+    norms: dict[int, float]  # layer -> typical residual norm
+    alpha: float
+    focal: frozenset[int]
+    label: str = ""
+
+    def key(self) -> dict[str, Any]:
+        """Everything that changes the steered numbers, for cache keys (directions by content hash)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for layer in sorted(self.directions):
+            digest.update(np.asarray(self.directions[layer], np.float32).tobytes())
+        return {"layers": sorted(self.directions), "alpha": float(self.alpha), "focal": sorted(self.focal),
+                "norms": {str(k): float(v) for k, v in sorted(self.norms.items())},
+                "directions": digest.hexdigest()[:16]}
+
+
+def emotion_steer(vectors: Any, emotion: str | None, layers: Sequence[int], alpha: float, focal: Sequence[int],
+                  direction: Any = None) -> ChoiceSteer:
+    """A :class:`ChoiceSteer` along ``emotion``'s vector at each layer (or along one fixed ``direction``, e.g. a
+    random control, at every layer), with the vectors' residual norms as the unit of ``alpha``."""
+    layers = [vectors.layers[vectors.layer_index(la)] for la in layers]
+    if direction is None:
+        if emotion is None:
+            raise ValueError("give an emotion or a direction")
+        dirs = {la: vectors.vector(emotion, la).numpy() for la in layers}
+    else:
+        dirs = {la: np.asarray(direction, np.float32) for la in layers}
+    return ChoiceSteer(dirs, {la: vectors.residual_norm(la) for la in layers}, float(alpha),
+                       frozenset(int(f) for f in focal), emotion or "direction")
+
+
+def _steer_intervention(model: Model, steer: ChoiceSteer, spans: list[list[tuple[int, int]]]) -> BatchIntervention:
+    """Per batch, span steering on the focal activities' tokens of each prompt in the batch."""
+    import torch
+
+    from emolens.interventions import span_steering
+
+    bridge, spec = model
+    layers = sorted(steer.directions)
+    dirs = {la: torch.as_tensor(steer.directions[la]) for la in layers}
+
+    def enter(batch: list[int], lengths: list[int]) -> AbstractContextManager[Any]:
+        return span_steering(bridge, spec, dirs, layers, steer.alpha, steer.norms, [spans[i] for i in batch],
+                             lengths)
+    return enter
+
+
 def choice_probabilities(model: Model, activities: Sequence[str], pairs: Sequence[tuple[int, int]],
-                         batch_size: int = 8) -> np.ndarray:
-    """P(first option) for each ordered pair (i, j), renormalised over the two letters."""
+                         batch_size: int = 8, steer: ChoiceSteer | None = None, progress: bool = False) -> np.ndarray:
+    """P(first option) for each ordered pair (i, j), renormalised over the two letters; with ``steer``, the
+    focal activities' tokens are steered in every prompt they appear in."""
     import torch
 
     bridge, spec = model
     a_id, b_id = letter_ids(spec)
-    prompts = [choice_prompt(spec, activities[i], activities[j]) for i, j in pairs]
-    logits = last_position_logits(model, prompts, batch_size)
+    built = [choice_prompt_spans(spec, activities[i], activities[j]) for i, j in pairs]
+    prompts = [b[0] for b in built]
+    intervention = None
+    if steer is not None:
+        bad = [f for f in steer.focal if not 0 <= f < len(activities)]
+        if bad:
+            raise ValueError(f"focal activities {bad} are out of range for {len(activities)} activities")
+        spans = [[sp for k, sp in zip((i, j), b[1:]) if k in steer.focal] for (i, j), b in zip(pairs, built)]
+        intervention = _steer_intervention(model, steer, spans)
+    logits = last_position_logits(model, prompts, batch_size, intervention, progress)
     two = torch.stack([logits[:, a_id], logits[:, b_id]], dim=1)
     return torch.softmax(two, dim=1)[:, 0].numpy()
 
@@ -127,9 +220,58 @@ def sparse_pairs(n: int, k: int, seed: int = 0) -> list[tuple[int, int]]:
 
 
 def run_tournament(model: Model, activities: Sequence[str], pairs: Sequence[tuple[int, int]] | None = None,
-                   batch_size: int = 8) -> Tournament:
+                   batch_size: int = 8, steer: ChoiceSteer | None = None) -> Tournament:
+    """A tournament computed now (no cache); :func:`tournament` is the cached, checkpointed version."""
     pairs = list(pairs) if pairs is not None else all_pairs(len(activities))
-    return Tournament(len(activities), pairs, choice_probabilities(model, activities, pairs, batch_size))
+    return Tournament(len(activities), pairs, choice_probabilities(model, activities, pairs, batch_size, steer))
+
+
+TOURNAMENT_VERSION = 1  # bump when a change alters choice probabilities, so old caches are not reused
+
+
+def tournament(model: Model, activities: Sequence[str], pairs: Sequence[tuple[int, int]] | None = None,
+               steer: ChoiceSteer | None = None, batch_size: int = 16, chunk_size: int = 256,
+               progress: bool = True, folder: Any = None, refresh: bool = False) -> Tournament:
+    """The forced-choice tournament over ``pairs`` (all ordered pairs by default), cached by content hash of
+    the model, its weights and dtype, the prompt wording, the activities, the pairs and the steering; long runs
+    checkpoint every ``chunk_size`` pairs, so an interrupted run resumes where it stopped."""
+    import torch
+
+    from emolens.activations import checkpointed
+    from emolens.cache import cached, content_hash
+    from emolens.paths import cache_dir
+
+    _, spec = model
+    pairs = list(pairs) if pairs is not None else all_pairs(len(activities))
+    if not pairs:
+        raise ValueError("no pairs to score")
+    key = {"model": spec.name, "weights": spec.weight_sha256 or spec.weight_source, "dtype": spec.dtype,
+           "version": TOURNAMENT_VERSION, "question": CHOICE_QUESTION, "prefill": PREFILL,
+           "activities": content_hash(list(activities)), "pairs": content_hash(pairs),
+           "steer": steer.key() if steer is not None else None}
+    from pathlib import Path
+
+    root = Path(folder or cache_dir() / "tournaments")
+    n_chunks = -(-len(pairs) // chunk_size)
+    ck_key = dict(key, chunk_size=chunk_size, n_chunks=n_chunks)
+
+    def compute() -> tuple[dict[str, Any], dict[str, Any]]:
+        def one(c: int) -> dict[str, Any]:
+            part = pairs[c * chunk_size:(c + 1) * chunk_size]
+            p = choice_probabilities(model, activities, part, batch_size, steer, progress=progress and n_chunks == 1)
+            return {"p_first": torch.as_tensor(p, dtype=torch.float64)}
+
+        parts = checkpointed(n_chunks, root / "checkpoints", ck_key, one, progress)
+        return {"p_first": torch.cat([p["p_first"] for p in parts])}, {"n_pairs": len(pairs)}
+
+    def check(t: dict[str, Any], meta: dict[str, Any]) -> None:
+        if tuple(t["p_first"].shape) != (len(pairs),):
+            raise ValueError("cached tournament has the wrong number of pairs")
+
+    t, _ = cached("tournaments", key, compute, folder=root, refresh=refresh, check=check)
+    for stale in (root / "checkpoints").glob(f"{content_hash(ck_key)}-chunk*"):
+        stale.unlink()
+    return Tournament(len(activities), pairs, t["p_first"].numpy())
 
 
 def bradley_terry(n: int, outcomes: Sequence[tuple[int, int, float]], l2: float = 1e-3) -> np.ndarray:
@@ -189,3 +331,523 @@ def rating_ci(n: int, outcomes: Sequence[tuple[int, int, float]], n_boot: int = 
     a = (1 - level) / 2
     lo, hi = np.quantile(np.array(boots), [a, 1 - a], axis=0)
     return lo, hi
+
+
+def balanced_stories(stories: Sequence[Any], per_emotion: int) -> list[Any]:
+    """``per_emotion`` stories of each emotion, spread over writers and narrative channels: each pick prefers a
+    story whose writer and channel are both new for that emotion, then one with a new writer, then any; among
+    those, the writer used least so far over all emotions, then slot order. Deterministic, and blind to the
+    texts (no tuning on what the stories say)."""
+    from collections import Counter, defaultdict
+
+    used: Counter[str] = Counter()
+
+    if per_emotion < 1:
+        raise ValueError(f"per_emotion must be >= 1, got {per_emotion}")
+    by_emotion: dict[str, list[Any]] = defaultdict(list)
+    for s in stories:
+        by_emotion[s.emotion].append(s)
+    kept = []
+    for pool in by_emotion.values():
+        pool = sorted(pool, key=lambda s: s.slot)
+        chosen: list[Any] = []
+        while len(chosen) < min(per_emotion, len(pool)):
+            writers = {s.author for s in chosen}
+            channels = {s.channel for s in chosen}
+            rest = sorted((s for s in pool if s not in chosen), key=lambda s: (used[s.author], s.slot))
+            pick = next((s for s in rest if s.author not in writers and s.channel not in channels), None) or \
+                next((s for s in rest if s.author not in writers), None) or rest[0]
+            chosen.append(pick)
+            used[pick.author] += 1
+        kept.extend(sorted(chosen, key=lambda s: s.slot))
+    return kept
+
+
+def subsample_vectors(model: Model, per_emotion: int, layers: Sequence[int], neutral_limit: int | None,
+                      corpus: str = "v2", progress: bool = True) -> Any:
+    """Emotion vectors of all emotions from a balanced subsample of the crossed v2 stories
+    (:func:`balanced_stories`), for models too slow for the whole corpus; activations cached as extraction's."""
+    from emolens.data import load_emotions, load_stories
+    from emolens.vectors import emotion_vectors, neutral_texts
+
+    bridge, spec = model
+    stories = balanced_stories([s for s in load_stories(corpus=corpus) if s.channel is not None], per_emotion)
+    order = [e.emotion for e in load_emotions()]
+    neutral = neutral_texts(spec, neutral_limit, version="v2")
+    ev = emotion_vectors(bridge, spec, [s.text for s in stories], [s.emotion for s in stories], neutral,
+                         emotions=[e for e in order if any(s.emotion == e for s in stories)], layers=list(layers),
+                         progress=progress, corpus_id=f"{corpus}-balanced-{per_emotion}")
+    ev.settings["stories_per_emotion"] = per_emotion
+    return ev
+
+
+# ---- the sparse design: which k is enough -----------------------------------------------------------------
+def restrict(t: Tournament, pairs: Sequence[tuple[int, int]]) -> Tournament:
+    """The sub-tournament of ``t`` on ``pairs`` (each must have been scored in ``t``)."""
+    idx = {p: k for k, p in enumerate(t.pairs)}
+    missing = [p for p in pairs if p not in idx]
+    if missing:
+        raise ValueError(f"{len(missing)} pairs were not scored in this tournament, e.g. {missing[0]}")
+    return Tournament(t.n, list(pairs), t.p_first[[idx[p] for p in pairs]])
+
+
+def sparse_k_curve(full: Tournament, ks: Sequence[int], seeds: int = 10,
+                   threshold: float = 0.95) -> dict[str, Any]:
+    """How well sparse designs reproduce the full tournament's ratings: for each k, ``seeds`` random designs
+    (each item against k opponents, both orders) cut from ``full``, each fitted by Bradley-Terry and compared
+    with the full fit by Spearman rank correlation. ``k`` is the smallest k whose *worst* design reaches
+    ``threshold`` (None if none does)."""
+    from scipy.stats import spearmanr
+
+    if any(not 1 <= k < full.n for k in ks):
+        raise ValueError(f"every k must be in 1..{full.n - 1}, got {list(ks)}")
+    reference = bradley_terry(full.n, full.outcomes())
+    rho = np.zeros((len(ks), seeds))
+    for a, k in enumerate(ks):
+        for s in range(seeds):
+            sub = restrict(full, sparse_pairs(full.n, k, seed=s))
+            rho[a, s] = spearmanr(bradley_terry(full.n, sub.outcomes()), reference).statistic
+    worst = rho.min(axis=1)
+    ok = [k for k, w in zip(ks, worst) if w >= threshold]
+    return {"ks": list(ks), "rho": rho, "rho_mean": rho.mean(axis=1), "rho_min": worst, "threshold": threshold,
+            "k": min(ok) if ok else None, "n_pairs": [len(sparse_pairs(full.n, k, 0)) for k in ks]}
+
+
+# ---- probe readouts on the activities vs preference ----------------------------------------------------------
+FEEL_QUESTION = "How would you feel about {activity}?"  # the paper's probe prompt (Figure 4), as a user turn
+
+
+def feel_prompt(spec: Any, activity: str) -> tuple[str, tuple[int, int]]:
+    """The probe prompt for one activity (ends at the Assistant's turn) and the activity's token span in it.
+    The activity is lower-cased at its first letter so it reads as part of the question."""
+    from emolens.interventions import text_span
+
+    text = activity[:1].lower() + activity[1:]
+    prompt = spec.format_user_prompt(FEEL_QUESTION.format(activity=text))
+    return prompt, text_span(spec, prompt, text)
+
+
+def activity_activations(model: Model, activities: Sequence[str], layer: int, batch_size: int = 8) -> Any:
+    """Mean residual ``[n, d]`` (float32) at ``layer`` over each activity's own tokens in its probe prompt."""
+    import torch
+
+    from emolens.activations import forward_layers, length_batches
+
+    bridge, spec = model
+    built = [feel_prompt(spec, a) for a in activities]
+    seqs = [spec.encode(p) for p, _ in built]
+    out = torch.zeros((len(activities), spec.d_model))
+    for batch in length_batches([len(s) for s in seqs], batch_size):
+        def on_layer(_: int, resid: Any, offsets: list[int], batch: list[int] = batch) -> None:
+            for r, i in enumerate(batch):
+                s, e = built[i][1]
+                out[i] = resid[r, offsets[r] + s:offsets[r] + e].float().mean(0).cpu()
+
+        forward_layers(bridge, spec, [seqs[i] for i in batch], [layer], "resid_post", on_layer)
+    return out
+
+
+def _rowwise_r(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r of each column of ``x [n, m]`` with ``y [n]`` (or of ``x`` with each column of ``y [n, b]``)."""
+    xc = x - x.mean(0)
+    yc = y - y.mean(0)
+    if yc.ndim == 1:
+        return (xc * yc[:, None]).sum(0) / np.sqrt((xc ** 2).sum(0) * (yc ** 2).sum())
+    return (xc * yc).sum(0) / np.sqrt((xc ** 2).sum(0) * (yc ** 2).sum(0))
+
+
+def probe_preference(readouts: np.ndarray, ratings: np.ndarray, null_readouts: np.ndarray | None = None,
+                     n_boot: int = 1000, n_perm: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Per emotion, the Pearson r across activities of its readout ``readouts[:, e]`` with the ratings, with a
+    bootstrap CI over activities and a permutation p-value (ratings shuffled across activities, two-sided).
+    ``null_readouts [n, R]`` (random directions read the same way) give a second null: the distribution of r
+    for directions with no emotion in them. ``max_abs_null`` is the shuffled-ratings null of the largest |r|
+    over all emotions, for judging the extremes of the sorted bars."""
+    from emolens.stats import permutation_p
+
+    x = np.asarray(readouts, float)
+    y = np.asarray(ratings, float)
+    if x.ndim != 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"readouts {x.shape} and ratings {y.shape} do not match: need [n, E] and [n]")
+    if x.shape[0] < 4:
+        raise ValueError("need at least 4 activities to correlate")
+    rng = np.random.default_rng(seed)
+    r = _rowwise_r(x, y)
+    boots = np.array([_rowwise_r(x[i], y[i]) for i in (rng.integers(0, len(y), len(y)) for _ in range(n_boot))])
+    a = (1 - level) / 2
+    lo, hi = np.nanquantile(boots, [a, 1 - a], axis=0)
+    perms = np.array([_rowwise_r(x, rng.permutation(y)) for _ in range(n_perm)])  # [n_perm, E]
+    p = np.array([permutation_p(perms[:, e], r[e], two_sided=True) for e in range(x.shape[1])])
+    out = {"r": r, "low": lo, "high": hi, "p": p, "max_abs_null": np.abs(perms).max(axis=1)}
+    if null_readouts is not None:
+        out["random_r"] = _rowwise_r(np.asarray(null_readouts, float), y)
+    return out
+
+
+def direction_readouts(vectors: Any, pooled: Any, layer: int, directions: np.ndarray) -> np.ndarray:
+    """Readouts ``[n, R]`` of arbitrary unit ``directions [R, d]`` on pooled activations, read exactly as the
+    emotion vectors are (minus the vectors' centre, neutral PCs projected out, cosine): the random-direction null."""
+    from emolens.stats import cosine
+    from emolens.vectors import project_out
+
+    j = vectors.layer_index(layer)
+    x = project_out(pooled.float() - vectors.centre[j], vectors.neutral_pcs[j])
+    return cosine(x, np.asarray(directions))
+
+
+# ---- steering shifts: how far steering an activity's tokens moves its rating -----------------------------------
+ELO_PER_LOGIT = 400 / np.log(10)  # Bradley-Terry natural-log strengths -> Elo points
+
+
+def split_activities(n: int, seed: int) -> tuple[list[int], list[int]]:
+    """A random half of ``n`` items to steer and the other half as the fixed control opponents."""
+    order = np.random.default_rng(seed).permutation(n)
+    return sorted(int(i) for i in order[:n // 2]), sorted(int(i) for i in order[n // 2:])
+
+
+def steering_pairs(steered: Sequence[int], control: Sequence[int], k: int, seed: int = 0) -> list[tuple[int, int]]:
+    """Each steered item against ``k`` random control opponents, every pair in both orders. Opponents are never
+    steered, so a steered item's games measure its own shift against fixed ratings."""
+    if set(steered) & set(control):
+        raise ValueError("steered and control activities overlap")
+    if not 1 <= k <= len(control):
+        raise ValueError(f"k must be in 1..{len(control)}, got {k}")
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in steered:
+        for j in rng.choice(list(control), size=k, replace=False):
+            out += [(int(i), int(j)), (int(j), int(i))]
+    return out
+
+
+def focal_strengths(t: Tournament, focal: Sequence[int], fixed: np.ndarray) -> np.ndarray:
+    """For each focal item, its Bradley-Terry strength fitted alone by maximum likelihood against opponents held
+    at the ``fixed`` strengths (from the full tournament), from its order-debiased soft outcomes in ``t``."""
+    from scipy.optimize import minimize_scalar
+
+    games: dict[int, list[tuple[float, float]]] = {f: [] for f in focal}
+    for i, j, p in t.outcomes():
+        if i in games and j not in games:
+            games[i].append((fixed[j], p))
+        elif j in games and i not in games:
+            games[j].append((fixed[i], 1 - p))
+    out = []
+    for f in focal:
+        if not games[f]:
+            raise ValueError(f"item {f} has no game against a non-focal opponent")
+        opp, p = np.array(games[f]).T
+
+        def nll(x: float, opp: np.ndarray = opp, p: np.ndarray = p) -> float:
+            d = x - opp
+            return float(np.sum(np.logaddexp(0, d) - p * d))
+        out.append(minimize_scalar(nll, bounds=(-30, 30), method="bounded", options={"xatol": 1e-6}).x)
+    return np.array(out)
+
+
+def rating_shift(model: Model, activities: Sequence[str], fixed: np.ndarray, steered: Sequence[int],
+                 pairs: Sequence[tuple[int, int]], steer: ChoiceSteer | None, batch_size: int = 16) -> np.ndarray:
+    """Elo-point shift of each steered activity: its strength fitted from the steered games minus the same fit
+    from the same games unsteered (both tournaments cached), so design noise cancels and alpha = 0 gives 0."""
+    clean = tournament(model, activities, pairs, None, batch_size, progress=False)
+    if steer is None:
+        return np.zeros(len(steered))
+    hit = tournament(model, activities, pairs, steer, batch_size, progress=False)
+    return (focal_strengths(hit, steered, fixed) - focal_strengths(clean, steered, fixed)) * ELO_PER_LOGIT
+
+
+def cost_dialogues(spec: Any, n: int, skip: int = 1300) -> tuple[list[str], list[tuple[int, int]]]:
+    """Held-out neutral dialogues for the cost of an intervention (v2 dialogues from ``skip`` on, which no vector
+    here was built from: the recipe reads the first ones) and the token span of each one's first user message,
+    where span steering is applied to measure its damage."""
+    from emolens.data.sets import load_neutral_dialogues
+    from emolens.interventions import text_span
+
+    dialogues = load_neutral_dialogues(version="v2")[skip:skip + n]
+    if len(dialogues) < n:
+        raise ValueError(f"only {len(dialogues)} neutral dialogues after index {skip}")
+    texts = [spec.format_chat(d.messages()) for d in dialogues]
+    return texts, [text_span(spec, t, d.turns[0][1]) for t, d in zip(texts, dialogues)]
+
+
+def steer_cost(model: Model, steer: ChoiceSteer, texts: Sequence[str], spans: Sequence[tuple[int, int]],
+               span_only: bool = True) -> dict[str, float]:
+    """The damage of ``steer``'s direction and strength on neutral dialogues (cached): steering their first user
+    message's tokens (``span_only``, as the activity's tokens are steered) or every token; KL per token and
+    the perplexity ratio over the whole dialogues (see :func:`emolens.interventions.intervention_cost`)."""
+    import torch
+
+    from emolens.cache import cached, content_hash
+    from emolens.interventions import span_cost, span_steering
+
+    bridge, spec = model
+    layers = sorted(steer.directions)
+    dirs = {la: torch.as_tensor(steer.directions[la]) for la in layers}
+    key = {"model": spec.name, "weights": spec.weight_sha256 or spec.weight_source, "dtype": spec.dtype,
+           "steer": dict(steer.key(), focal=[]), "texts": content_hash(list(texts)), "spans": [list(s) for s in spans],
+           "span_only": span_only, "version": 1}
+
+    def compute() -> tuple[dict[str, Any], dict[str, Any]]:
+        def ctx(sp: tuple[int, int]) -> Any:
+            return span_steering(bridge, spec, dirs, layers, steer.alpha, steer.norms, [[sp if span_only else (0, None)]])
+        c = span_cost(bridge, spec, texts, spans, ctx)
+        return {"cost": torch.tensor([c["kl_per_token"], c["perplexity_ratio"], c["tokens"]], dtype=torch.float64)}, {}
+
+    t, _ = cached("steer_cost", key, compute)
+    kl, ppl, n = t["cost"].tolist()
+    return {"kl_per_token": kl, "perplexity_ratio": ppl, "tokens": int(n)}
+
+
+def mean_ci(x: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Mean of ``x`` with a bootstrap CI over its entries (here: the steered activities)."""
+    from scipy.stats import bootstrap
+
+    x = np.asarray(x, float)
+    if np.ptp(x) == 0:
+        return {"value": float(x.mean()), "low": float(x.mean()), "high": float(x.mean())}
+    ci = bootstrap((x,), np.mean, n_resamples=n_boot, confidence_level=level, method="percentile",
+                   random_state=seed).confidence_interval
+    return {"value": float(x.mean()), "low": float(ci.low), "high": float(ci.high)}
+
+
+def steering_sweep(model: Model, vectors: Any, activities: Sequence[str], fixed: np.ndarray,
+                   conditions: dict[str, tuple[str | None, Any]], layers: Sequence[int], alpha: float,
+                   splits: Sequence[int], k: int, cost_texts: tuple[list[str], list[tuple[int, int]]],
+                   batch_size: int = 16, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Rating shifts for each condition ``name -> (emotion, None)`` or ``name -> (None, direction)`` (a random
+    control), on the steered half of each split (one seed per split), with each condition's cost beside it.
+    Per condition: the per-activity shifts, their mean with a CI over steered activities, and the cost."""
+    from tqdm.auto import tqdm
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, (emotion, direction) in tqdm(conditions.items(), desc="steering conditions", disable=not progress):
+        shifts = []
+        for seed in splits:
+            steered, control = split_activities(len(activities), seed)
+            pairs = steering_pairs(steered, control, k, seed)
+            steer = emotion_steer(vectors, emotion, layers, alpha, steered, direction)
+            shifts.append(rating_shift(model, activities, fixed, steered, pairs, steer, batch_size))
+        s = np.concatenate(shifts)
+        out[name] = {"shifts": s, "mean": mean_ci(s), "cost": steer_cost(model, steer, *cost_texts)}
+    return out
+
+
+def probe_vs_shift(probe_r: np.ndarray, shifts: np.ndarray, n_perm: int = 10000, n_boot: int = 2000,
+                   seed: int = 0) -> dict[str, float]:
+    """Across emotions: Pearson r of each emotion's probe-rating correlation with its mean steering shift
+    (paper 0.85), with a bootstrap CI over emotions and a permutation p-value (shifts shuffled, two-sided)."""
+    return correlation(probe_r, shifts, n_perm, n_boot, seed)
+
+
+def correlation(x: Any, y: Any, n_perm: int = 10000, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Pearson r of two paired vectors with a bootstrap CI over the pairs and a two-sided permutation p-value."""
+    from emolens.stats import permutation_p
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 4:
+        raise ValueError("need two equal-length vectors of at least 4 values")
+    rng = np.random.default_rng(seed)
+    r = float(np.corrcoef(x, y)[0, 1])
+    boots = [np.corrcoef(x[i], y[i])[0, 1] for i in (rng.integers(0, len(x), len(x)) for _ in range(n_boot))]
+    lo, hi = np.nanquantile(boots, [0.025, 0.975])
+    null = [np.corrcoef(x, rng.permutation(y))[0, 1] for _ in range(n_perm)]
+    return {"value": r, "low": float(lo), "high": float(hi), "p": permutation_p(null, r, two_sided=True),
+            "n": int(len(x))}
+
+
+def spanning_emotions(names: Sequence[str], r: np.ndarray, n: int) -> list[str]:
+    """``n`` emotions chosen by rule to span the probe-rating correlation range: evenly spaced ranks of r
+    (the most negative and the most positive always included)."""
+    if not 2 <= n <= len(names):
+        raise ValueError(f"n must be in 2..{len(names)}, got {n}")
+    order = np.argsort(r)
+    picks = np.unique(np.round(np.linspace(0, len(order) - 1, n)).astype(int))
+    return [names[order[p]] for p in picks]
+
+
+# ---- continuation steering: does steering an emotion make its word more likely? ----------------------------------
+# Our wording of the paper's continuation probes (Figures 52-53): the Assistant's reply is prefilled so that the
+# next token is a feeling word.
+CONTINUATION_PROMPTS = (
+    ("How are you feeling right now? Answer in one word.", "I feel"),
+    ("Describe your mood at this moment with a single word.", "Right now I am feeling"),
+    ("What is the main character feeling in the story you are about to write? One word.", "He feels"),
+)
+
+
+def word_token(spec: Any, word: str) -> int:
+    """The first token of `` word`` as it would follow a prefill ending in a word."""
+    return spec.tokenizer(" " + word, add_special_tokens=False).input_ids[0]
+
+
+def continuation_logprobs(model: Model, vectors: Any, words: Sequence[str], steer_with: Sequence[str],
+                          layers: Sequence[int], alpha: float, span: str = "reply") -> dict[str, Any]:
+    """Change in the log-probability of each word's first token as the next token of the continuation prompts,
+    when steering with each emotion of ``steer_with`` on the ``span`` ("reply": the prefilled Assistant
+    tokens; "all"; "prompt"): ``delta[s, w]`` averaged over the prompts."""
+    import torch
+
+    from emolens.interventions import named_span, span_steering
+
+    bridge, spec = model
+    layers = [vectors.layers[vectors.layer_index(la)] for la in layers]
+    prompts, spans = [], []
+    for user, prefill in CONTINUATION_PROMPTS:
+        head = spec.format_user_prompt(user)
+        prompts.append(head + prefill)
+        sp = named_span(spec, head, prefill, span)
+        spans.append([(sp[0], sp[1] if sp[1] is not None else len(spec.encode(head + prefill)))])
+    ids = [word_token(spec, w) for w in words]
+
+    def logp(intervention: Any) -> np.ndarray:
+        logits = last_position_logits(model, prompts, len(prompts), intervention)
+        return torch.log_softmax(logits, -1)[:, ids].mean(0).numpy()
+
+    clean = logp(None)
+    delta = np.zeros((len(steer_with), len(words)))
+    for a, emo in enumerate(steer_with):
+        dirs = {la: vectors.vector(emo, la) for la in layers}
+        norms = {la: vectors.residual_norm(la) for la in layers}
+        delta[a] = logp(lambda b, lens, d=dirs, n=norms: span_steering(bridge, spec, d, layers, alpha, n,
+                                                                       [spans[i] for i in b], lens)) - clean
+    return {"delta": delta, "clean": clean, "words": list(words), "steer_with": list(steer_with)}
+
+
+def matching_effect(delta: np.ndarray, n_perm: int = 10000, seed: int = 0) -> dict[str, float]:
+    """For a square ``delta [emotion steered, emotion word]``: mean change of the matching word (diagonal)
+    minus the mean of the others, against a null that shuffles which word goes with which steered emotion."""
+    from emolens.stats import permutation_p
+
+    d = np.asarray(delta, float)
+    if d.ndim != 2 or d.shape[0] != d.shape[1] or d.shape[0] < 3:
+        raise ValueError("delta must be square, with at least 3 emotions")
+    n = d.shape[0]
+
+    def stat(m: np.ndarray) -> float:
+        diag = np.trace(m) / n
+        return float(diag - (m.sum() - np.trace(m)) / (n * n - n))
+    rng = np.random.default_rng(seed)
+    obs = stat(d)
+    null = [stat(d[:, rng.permutation(n)]) for _ in range(n_perm)]
+    return {"value": obs, "p": permutation_p(null, obs), "null_95": float(np.quantile(null, 0.95)),
+            "matching_mean": float(np.trace(d) / n)}
+
+
+def activity_subset(activities: Sequence[Any], per_category: int | None) -> list[Any]:
+    """The first ``per_category`` activities of each category in file order (all when None): a rule fixed
+    before any result, for models too slow for the full 64 x 63 tournament."""
+    if per_category is None:
+        return list(activities)
+    seen: dict[str, int] = {}
+    out = []
+    for a in activities:
+        if seen.get(a.category, 0) < per_category:
+            out.append(a)
+            seen[a.category] = seen.get(a.category, 0) + 1
+    return out
+
+
+# ---- summaries the notebook reports ------------------------------------------------------------------------------
+def ratings_summary(t: Tournament, n_boot: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Bradley-Terry ratings of a tournament in Elo points (1500-centred) with bootstrap CIs over pairs, the
+    paper's sequential Elo beside them (and their rank agreement), and the first-option rate."""
+    from scipy.stats import spearmanr
+
+    outcomes = t.outcomes()
+    theta = bradley_terry(t.n, outcomes)
+    lo, hi = rating_ci(t.n, outcomes, n_boot, seed=seed)
+    seq = elo(t.n, outcomes, seed=seed)
+    return {"theta": theta, "rating": to_elo_scale(theta), "low": to_elo_scale(lo), "high": to_elo_scale(hi),
+            "paper_elo": seq, "bt_vs_elo_spearman": float(spearmanr(theta, seq).statistic),
+            "first_option_rate": t.first_option_rate(), "n_pairs": len(t.pairs)}
+
+
+def category_means(values: Any, categories: Sequence[str], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Mean of ``values`` per category with a bootstrap CI over the category's items, in first-seen order."""
+    v = np.asarray(values, float)
+    out = {}
+    for c in dict.fromkeys(categories):
+        out[c] = mean_ci(v[[k for k, x in enumerate(categories) if x == c]], n_boot, seed=seed)
+    return out
+
+
+def valence_relation(emotions: Sequence[str], probe_r: Any, n_perm: int = 10000, seed: int = 0) -> dict[str, Any]:
+    """Across emotions with a human valence rating (Warriner et al., matched as in notebook 04): correlation of
+    each emotion's probe-preference r with its valence (the paper: 0.76 with LLM-judged valence, Figure 56)."""
+    from emolens.data.ratings import match_ratings
+
+    matched = match_ratings(list(emotions))
+    keep = [k for k, e in enumerate(emotions) if e in matched]
+    val = np.array([matched[emotions[k]].valence for k in keep])
+    r = np.asarray(probe_r, float)[keep]
+    return {"emotions": [emotions[k] for k in keep], "valence": val, "probe_r": r,
+            "r": correlation(val, r, n_perm, seed=seed)}
+
+
+def good_vs_bad(ratings: Any, categories: Sequence[str], good: Sequence[str] = ("helpful", "engaging"),
+                bad: Sequence[str] = ("unsafe", "misaligned")) -> dict[str, Any]:
+    """How well the ratings separate clearly good from clearly bad activities: d' (difference of means over
+    the pooled standard deviation) and the AUC (probability a good activity outrates a bad one)."""
+    from sklearn.metrics import roc_auc_score
+
+    v = np.asarray(ratings, float)
+    g = np.array([v[k] for k, c in enumerate(categories) if c in good])
+    b = np.array([v[k] for k, c in enumerate(categories) if c in bad])
+    if len(g) < 2 or len(b) < 2:
+        raise ValueError("need at least two good and two bad activities")
+    d = (g.mean() - b.mean()) / np.sqrt((g.var(ddof=1) + b.var(ddof=1)) / 2)
+    auc = roc_auc_score(np.r_[np.ones(len(g)), np.zeros(len(b))], np.r_[g, b])
+    return {"d_prime": float(d), "auc": float(auc), "good": list(good), "bad": list(bad)}
+
+
+def verdict(estimate: dict[str, Any], paper_value: float) -> str:
+    """"reproduced" when the estimate has the paper's sign and its CI excludes zero; "partly" when it has the
+    sign but the CI includes zero; "not reproduced" otherwise (also when it is missing)."""
+    if not estimate or estimate.get("value") is None or not np.isfinite(estimate["value"]):
+        return "not reproduced (not measured)"
+    v, lo, hi = estimate["value"], estimate.get("low", np.nan), estimate.get("high", np.nan)
+    if np.sign(v) != np.sign(paper_value):
+        return "not reproduced"
+    return "reproduced" if (lo > 0 if paper_value > 0 else hi < 0) else "partly (right sign, CI includes 0)"
+
+
+def verdict_p(value: float, p: float, level: float = 0.05) -> str:
+    """Verdict for an effect the paper reports as positive and we test against a permutation null."""
+    if value > 0 and p < level:
+        return "reproduced"
+    return "partly (right sign, not beyond the null)" if value > 0 else "not reproduced"
+
+
+def findings_text(results: dict[str, Any]) -> str:
+    """One model's findings as a README bullet, every number read from its ``05_results.json``."""
+    def ci(d: dict[str, Any], digits: int = 2) -> str:
+        return f"{d['value']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
+
+    r = results
+    pp, st, rel = r["probe_preference"], r["steering"], r["probe_r_vs_steer_shift"]
+    bh = pp.get("blissful_hostile", {})
+    probes = "; ".join(f"{e} r = {ci(v)}" for e, v in bh.items())
+    shifts = "; ".join(f"{e} {ci(v, 0)} Elo" for e, v in st.get("blissful_hostile_shift", {}).items())
+    order = np.argsort(pp["r"])
+    top, bottom = int(order[-1]), int(order[0])
+    ppl = [c["perplexity_ratio"] for c in st["cost"].values()]
+    text = (
+        f"- **{r['model']}** ({r['dtype']}; {r['n_activities']} activities, vectors from {r['vectors']['n_stories']} "
+        f"stories of {r['vectors']['corpus']}): good vs bad activities d' = {r['good_vs_bad']['d_prime']:.2f} "
+        f"(AUC {r['good_vs_bad']['auc']:.2f}), first-option rate {r['tournament']['first_option_rate']:.2f}. "
+        f"Probe on the activity tokens vs rating: most positive {pp['emotions'][top]} r = {pp['r'][top]:.2f} "
+        f"[{pp['low'][top]:.2f}, {pp['high'][top]:.2f}], most negative {pp['emotions'][bottom]} r = "
+        f"{pp['r'][bottom]:.2f} [{pp['low'][bottom]:.2f}, {pp['high'][bottom]:.2f}] (shuffled-ratings max |r| "
+        f"{pp['max_abs_null_95']:.2f} at its 95th percentile; random directions {pp['random_abs_r_95']:.2f})"
+        + (f"; {probes}" if probes else "") + ". "
+        f"Steering alpha {st['alpha']} on the activity tokens at layers {st['layers']}: "
+        f"{st['emotions_beyond_random']} of {len(st['emotions'])} emotions shift the rating beyond the "
+        f"{st['n_random']} random directions' range [{st['random_range_95'][0]:.0f}, {st['random_range_95'][1]:.0f}] "
+        f"Elo" + (f" ({shifts})" if shifts else "") + f", at a neutral perplexity ratio of {min(ppl):.2f}-{max(ppl):.2f}; "
+        f"probe r vs steering shift across emotions r = {ci(rel)}, p = {rel['p']:.3g} (paper 0.85). "
+        f"Continuation steering, matching word minus others: {r['continuation']['matching']['value']:.2f} nats "
+        f"(p = {r['continuation']['matching']['p']:.3g}). Verdicts: "
+        + "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in r["verdicts"].items()) + ".")
+    if "sparse_k" in r:
+        text += (f" Sparse design: k = {r['sparse_k']['k']} opponents per activity reproduce the full tournament at "
+                 f"Spearman >= {r['sparse_k']['threshold']} in every one of the designs tried.")
+    return text

@@ -201,18 +201,32 @@ class EmotionVectors:
 
     @contextmanager
     def steer(self, model: Model, emotion: str, alpha: float, layers: int | Sequence[int] | None = None,
-              from_position: int = 0, site: str = "resid_post") -> Iterator[None]:
+              from_position: int = 0, site: str = "resid_post", spans: Sequence[Sequence[Any]] | None = None,
+              lengths: Sequence[int] | None = None, padding_side: str = "right") -> Iterator[None]:
         """Add ``alpha`` x (typical residual norm) along ``emotion``'s vector at each of ``layers`` (the vector
         and the norm of that layer), for positions >= ``from_position``; hooks are removed on exit.
+
+        With ``spans`` (one list of ``(start, end)`` token spans per batch row, e.g. from
+        :func:`emolens.interventions.text_span`), only the tokens inside the spans are steered
+        (:func:`emolens.interventions.span_steering`; ``lengths`` place them under left padding).
 
         ``model`` is ``(bridge, spec)`` as :func:`emolens.models.load_model` returns it; vectors of another model
         are refused.
         """
-        from emolens.interventions import steering
+        from emolens.interventions import span_steering, steering
 
         bridge, spec = model
         self.check_model(spec)
         e = self.emotion_index(emotion)
+        if spans is not None:
+            if from_position:
+                raise ValueError("give spans or from_position, not both")
+            layers_ = self._layers(layers)
+            with span_steering(bridge, spec, {la: self.vectors[e, self.layer_index(la)] for la in layers_}, layers_,
+                               alpha, {la: self.residual_norm(la) for la in layers_}, spans, lengths, padding_side,
+                               site):
+                yield
+            return
         with ExitStack() as stack:
             for layer in self._layers(layers):
                 j = self.layer_index(layer)
