@@ -116,4 +116,9 @@ def test_subsample_spreads_writers_and_is_first_n_on_one_writer():
     firsts = Counter(s.author for s in spread_per_emotion(v2, 1))
     assert max(firsts.values()) - min(firsts.values()) <= 171 // 9  # every writer leads some emotions
     v1 = load_stories(corpus="v1")
-    assert [s.id for s in spread_per_emotion(v1, 3)] == [s.id for s in v1 if s.slot < 3]
+    kept1 = spread_per_emotion(v1, 3)
+    first = v1[0].emotion  # the first emotion starts at slot 0, the next at slot 1, ...
+    assert [s.slot for s in kept1 if s.emotion == first] == [0, 1, 2]
+    assert set(Counter(s.emotion for s in kept1).values()) == {3}
+    v2_kept = spread_per_emotion(v2, 6)  # writers start at different slots: topic folds are not all the same
+    assert min(len({s.topic_id % 5 for s in v2_kept if s.emotion == e}) for e in per) >= 3

@@ -78,7 +78,7 @@ class OtherModel:
 
 # The cross-model table of notebook 04 and tools/extract_models.py share these, so their caches agree.
 OTHER_MODELS = (
-    OtherModel("gemma-3-270m", 12, None, "float32"),  # 12 spread over writers: v1's count, without its blocks
+    OtherModel("gemma-3-270m", 6, None, "float32"),  # spread over writers, slots and so topics
     OtherModel("qwen2.5-coder-0.5b-instruct", 4, 120, "float32"),
     OtherModel("qwen2.5-coder-1.5b-instruct", 2, 40, "bfloat16"),  # bf16: 2x faster here (benchmarks/)
 )

@@ -227,8 +227,9 @@ def spread_per_emotion(stories: Sequence[Any], n: int) -> list[Any]:
 
     Taking each emotion's first ``n`` would take v2's block-written v1 stories first and bring back the
     writer-emotion confound; instead writers are taken in turn (each emotion starting at a different writer, so
-    every writer appears about equally often over the emotions), each writer's stories in slot order (which
-    rotates v2's planned channels). On v1, one writer per emotion, this is the first ``n`` in slot order.
+    every writer appears about equally often over the emotions), each writer's stories in slot order from a
+    rotating start (v2 plans topic and channel by slot, so both spread too). On v1, one writer per
+    emotion, this is ``n`` consecutive slots from a start that rotates over the emotions.
     The kept stories stay in corpus order.
     """
     from collections import defaultdict
@@ -240,7 +241,10 @@ def spread_per_emotion(stories: Sequence[Any], n: int) -> list[Any]:
     for e_pos, writers in enumerate(by_emotion.values()):
         names = sorted(writers)
         names = names[e_pos % len(names):] + names[:e_pos % len(names)]
+        # each writer starts at a different slot (v2 plans topic and channel by slot: the same first slot for
+        # every writer would put most of a subsample in one topic fold)
         queues = [sorted(writers[w], key=lambda s: s.slot) for w in names]
+        queues = [q[(e_pos + i) % len(q):] + q[:(e_pos + i) % len(q)] for i, q in enumerate(queues)]
         turn = [s for depth in range(max(map(len, queues))) for q in queues if depth < len(q) for s in [q[depth]]]
         kept.update(id(s) for s in turn[:n])
     return [s for s in stories if id(s) in kept]
