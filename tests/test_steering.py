@@ -287,3 +287,57 @@ def test_balanced_stories_spread_writers_and_channels_and_subsets_keep_categorie
     acts = [SimpleNamespace(category=c, text=f"{c}{i}") for c in ("a", "b") for i in range(5)]
     sub = activity_subset(acts, 2)
     assert [a.text for a in sub] == ["a0", "a1", "b0", "b1"] and activity_subset(acts, None) == acts
+
+
+def test_ablated_choices_equal_a_manual_ablation_and_are_cached_apart(tiny_llama, isolated_cache):
+    from emolens.analyses.preferences import ChoiceAblation, last_position_logits, letter_ids, tournament
+    from emolens.patching import ablation_by_layer
+
+    model = tiny_llama
+    pairs = [(0, 1), (1, 0), (2, 3), (3, 2)]
+    bases = {0: _direction(model.spec, 3)[None].numpy(), 1: torch.stack([_direction(model.spec, 4),
+                                                                        _direction(model.spec, 5)]).numpy()}
+    abl = ChoiceAblation(bases, "test")
+    hit = choice_probabilities(model, ACTIVITIES, pairs, batch_size=4, ablate=abl)
+    prompts = [choice_prompt_spans(model.spec, ACTIVITIES[i], ACTIVITIES[j])[0] for i, j in pairs]
+    with ablation_by_layer(model.bridge, model.spec, {k: torch.as_tensor(v) for k, v in bases.items()}):
+        logits = last_position_logits(model, prompts, batch_size=1)  # the obvious way: one prompt at a time
+    a, b = letter_ids(model.spec)
+    manual = torch.softmax(torch.stack([logits[:, a], logits[:, b]], 1), 1)[:, 0].numpy()
+    assert np.allclose(hit, manual, atol=1e-5)
+    clean = tournament(model, ACTIVITIES, pairs, progress=False)
+    assert not np.allclose(clean.p_first, hit, atol=1e-4)
+    cached = tournament(model, ACTIVITIES, pairs, progress=False, ablate=abl)
+    assert np.allclose(cached.p_first, hit, atol=1e-5)
+    assert np.array_equal(tournament(model, ACTIVITIES, pairs, progress=False).p_first, clean.p_first)
+
+
+def test_ablation_preferences_without_ablation_is_the_sparse_design_itself(tiny_llama, isolated_cache):
+    from emolens.analyses.preferences import ChoiceAblation, ablation_preferences, tournament
+
+    acts = ACTIVITIES + ["fold the laundry", "plan a picnic", "fix a squeaky door"]
+    cats = ["helpful", "helpful", "engaging", "unsafe", "unsafe", "misaligned", "misaligned", "engaging"]
+    full = tournament(tiny_llama, acts, progress=False)
+    abl = ChoiceAblation({1: _direction(tiny_llama.spec, 6)[None].numpy()}, "one")
+    out = ablation_preferences(tiny_llama, acts, cats, full, {"one": abl}, k=3, n_boot=50, progress=False)
+    assert out["none"]["spearman_vs_unablated"] == pytest.approx(1.0)
+    assert out["none"]["mean_abs_change"]["value"] == 0.0
+    assert set(out) == {"none", "one"} and out["one"]["dims"] == {"1": 1}
+
+
+def test_valence_direction_recovers_a_planted_axis():
+    from types import SimpleNamespace
+
+    from emolens.analyses.patching import valence_direction
+
+    rng = np.random.default_rng(0)
+    axis = torch.tensor(rng.normal(size=16), dtype=torch.float32)
+    axis = axis / axis.norm()
+    names = [f"e{i}" for i in range(12)]
+    val = {n: float(v) for n, v in zip(names, rng.uniform(1, 9, 12))}
+    X = torch.stack([val[n] * axis + 0.01 * torch.tensor(rng.normal(size=16), dtype=torch.float32) for n in names])
+    ev = SimpleNamespace(emotions=names, at=lambda layer: X, emotion_index=names.index)
+    d = valence_direction(ev, 0, val)
+    assert float(d @ axis) > 0.99 and abs(float(d.norm()) - 1) < 1e-5
+    with pytest.raises(ValueError, match="valence rating"):
+        valence_direction(ev, 0, {"e0": 1.0})

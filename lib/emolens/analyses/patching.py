@@ -508,10 +508,32 @@ def top_pcs(vectors: Any, layer: int, k: int) -> Any:
     return vh[:k].float()
 
 
+def valence_direction(vectors: Any, layer: int, valence: Mapping[str, float] | None = None) -> Any:
+    """A unit valence direction ``[d]`` at ``layer``: the least-squares direction along which the emotion vectors
+    of the human-rated emotions (Warriner valence unless ``valence`` is given) follow their rating, i.e. the
+    covariance of the centred vectors with the centred ratings. Fitted on words' ratings, never on a result."""
+    import torch
+
+    if valence is None:
+        from emolens.data.ratings import match_ratings
+
+        valence = {e: r.valence for e, r in match_ratings(list(vectors.emotions)).items()}
+    rated = [e for e in vectors.emotions if e in valence]
+    if len(rated) < 3:
+        raise ValueError(f"only {len(rated)} emotions have a valence rating; need at least 3 for a direction")
+    x = vectors.at(layer)[[vectors.emotion_index(e) for e in rated]].double()
+    y = torch.tensor([float(valence[e]) for e in rated], dtype=torch.float64)
+    w = (x - x.mean(0)).T @ (y - y.mean())
+    return (w / w.norm()).float()
+
+
 def ablation_subspace(kind: str, vectors: Any, emotion: str, layer: int, cluster_of: Mapping[str, str],
                       n_pcs: int = 3) -> Any:
     """The directions ablated at ``layer`` for a story of ``emotion``: its own vector ("emotion"), its cluster's
-    vectors ("cluster"), or the top principal components of the emotion space ("pcs", the same for all)."""
+    vectors ("cluster"), the top principal components of the emotion space ("pcs", the same for all), or the
+    valence direction fitted on human ratings ("valence", the same for all)."""
+    if kind == "valence":
+        return valence_direction(vectors, layer)[None]
     if kind == "emotion":
         return vectors.vector(emotion, layer)[None]
     if kind == "cluster":
@@ -519,7 +541,24 @@ def ablation_subspace(kind: str, vectors: Any, emotion: str, layer: int, cluster
         return vectors.at(layer)[[vectors.emotion_index(e) for e in members]]
     if kind == "pcs":
         return top_pcs(vectors, layer, n_pcs)
-    raise ValueError(f"ablation kind {kind!r}: 'emotion', 'cluster' or 'pcs'")
+    raise ValueError(f"ablation kind {kind!r}: 'emotion', 'cluster', 'pcs' or 'valence'")
+
+
+def preference_ablations(vectors: Any, layers: Sequence[int], n_pcs: int = 3, seed: int = 0) -> dict[str, Any]:
+    """The ablations of notebook 06's preference test, each at every layer of ``layers`` with that layer's own
+    directions: the valence direction fitted on human ratings, the top ``n_pcs`` principal components of the
+    emotion space, and a random subspace of the same dimension beside each (a new draw per layer)."""
+    from emolens.analyses.preferences import ChoiceAblation
+
+    real = {"valence": {la: valence_direction(vectors, la)[None].numpy() for la in layers},
+            f"top {n_pcs} PCs": {la: top_pcs(vectors, la, n_pcs).numpy() for la in layers}}
+    out = {}
+    for k, (name, bases) in enumerate(real.items()):
+        out[name] = ChoiceAblation(bases, name)
+        d = next(iter(bases.values())).shape[-1]
+        out[f"random {name}"] = ChoiceAblation({la: random_subspace(b.shape[0], d, seed + 1009 * k + la).numpy()
+                                                for la, b in bases.items()}, f"random {name}")
+    return out
 
 
 def word_margins(model: Any, prompts: Sequence[str], right: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
@@ -541,7 +580,7 @@ def word_margins(model: Any, prompts: Sequence[str], right: Sequence[str], candi
 
 @dataclass(frozen=True)
 class AblationCondition:
-    kind: str  # "none", "emotion", "cluster", "pcs"
+    kind: str  # "none", "emotion", "cluster", "pcs", "valence"
     layers: tuple[int, ...]
     random: bool  # a random subspace of the same dimension instead of the real one
 
@@ -557,7 +596,13 @@ class _RowBases:
     def one(self, emotion: str, layer: int) -> Any:
         key = (emotion, layer)
         if key not in self.memo:
-            sub = ablation_subspace(self.cond.kind, self.vectors, emotion, layer, self.cluster_of, self.n_pcs)
+            shared = ("*", layer)  # the kinds that ablate the same subspace for every emotion: fitted once
+            if self.cond.kind in ("pcs", "valence") and shared in self.memo:
+                sub = self.memo[shared]
+            else:
+                sub = ablation_subspace(self.cond.kind, self.vectors, emotion, layer, self.cluster_of, self.n_pcs)
+                if self.cond.kind in ("pcs", "valence"):
+                    self.memo[shared] = sub
             if self.cond.random:  # the same random subspace for every row of one emotion at one layer
                 sub = random_subspace(sub.shape[0], sub.shape[-1],
                                       self.seed + 7919 * layer + 104729 * self.vectors.emotion_index(emotion))
@@ -762,3 +807,28 @@ def heldout_stories(acts: Any, fold: int, emotions: Sequence[str], k: int) -> li
 
     folds = topic_folds(acts.topic_ids)
     return first_per_emotion([s for s, f in zip(acts.stories, folds) if f == fold], emotions, k)
+
+
+def preference_ablation_verdicts(res: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per real ablation of :func:`emolens.analyses.preferences.ablation_preferences`: does it move the ratings
+    more than its random control of the same dimension (mean |change| CIs apart), and how it changes the
+    separation of good from bad activities (d') beside the control's change."""
+    base = res["none"]["good_vs_bad"]["d_prime"]
+    out = {}
+    for name, row in res.items():
+        if name == "none" or name.startswith("random "):
+            continue
+        ctrl = res.get(f"random {name}")
+        if ctrl is None:
+            raise ValueError(f"no random control for the ablation {name!r}")
+        m, c = row["mean_abs_change"], ctrl["mean_abs_change"]
+        beyond = m["low"] > c["high"]
+        evidence = (f"mean |rating change| {m['value']:.0f} [{m['low']:.0f}, {m['high']:.0f}] Elo vs random "
+                    f"{c['value']:.0f} [{c['low']:.0f}, {c['high']:.0f}]; good vs bad d' {base:.2f} -> "
+                    f"{row['good_vs_bad']['d_prime']:.2f} (random {ctrl['good_vs_bad']['d_prime']:.2f}); rank "
+                    f"agreement with the unablated design {row['spearman_vs_unablated']:.2f} (random "
+                    f"{ctrl['spearman_vs_unablated']:.2f})")
+        out[name] = {"holds": bool(beyond), "status": "holds" if beyond else "not shown", "evidence": evidence,
+                     "d_prime_drop": base - row["good_vs_bad"]["d_prime"],
+                     "random_d_prime_drop": base - ctrl["good_vs_bad"]["d_prime"]}
+    return out

@@ -10,8 +10,8 @@ the soft outcomes (maximum likelihood with scipy), with the paper's Elo beside i
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -141,6 +141,44 @@ def emotion_steer(vectors: Any, emotion: str | None, layers: Sequence[int], alph
                        frozenset(int(f) for f in focal), emotion or "direction")
 
 
+@dataclass(frozen=True)
+class ChoiceAblation:
+    """Directional ablation during a tournament: at each layer, the residual's component in the span of that
+    layer's rows ``[k, d]`` is removed at every token of every prompt (:func:`emolens.patching.ablation_by_layer`)."""
+
+    bases: dict[int, Any]  # layer -> [k, d] (or [d])
+    label: str = ""
+
+    def key(self) -> dict[str, Any]:
+        """Everything that changes the ablated numbers, for cache keys (bases by content hash)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for layer in sorted(self.bases):
+            digest.update(np.asarray(self.bases[layer], np.float32).tobytes())
+        return {"layers": sorted(self.bases), "dims": {str(k): int(np.atleast_2d(np.asarray(v)).shape[0])
+                                                      for k, v in sorted(self.bases.items())},
+                "bases": digest.hexdigest()[:16]}
+
+
+def _combined(model: Model, steer_part: BatchIntervention | None, ablate: ChoiceAblation | None) -> BatchIntervention | None:
+    """One batch intervention from span steering and/or a whole-prompt ablation (ablation hooks go on first)."""
+    import torch
+
+    from emolens.patching import ablation_by_layer
+
+    if ablate is None:
+        return steer_part
+    bridge, spec = model
+    bases = {la: torch.as_tensor(np.asarray(b, np.float32)) for la, b in ablate.bases.items()}
+
+    @contextmanager
+    def enter(batch: list[int], lengths: list[int]) -> Iterator[None]:
+        with ablation_by_layer(bridge, spec, bases), (steer_part(batch, lengths) if steer_part else nullcontext()):
+            yield
+    return enter
+
+
 def _steer_intervention(model: Model, steer: ChoiceSteer, spans: list[list[tuple[int, int]]]) -> BatchIntervention:
     """Per batch, span steering on the focal activities' tokens of each prompt in the batch."""
     import torch
@@ -158,9 +196,11 @@ def _steer_intervention(model: Model, steer: ChoiceSteer, spans: list[list[tuple
 
 
 def choice_probabilities(model: Model, activities: Sequence[str], pairs: Sequence[tuple[int, int]],
-                         batch_size: int = 8, steer: ChoiceSteer | None = None, progress: bool = False) -> np.ndarray:
+                         batch_size: int = 8, steer: ChoiceSteer | None = None, progress: bool = False,
+                         ablate: ChoiceAblation | None = None) -> np.ndarray:
     """P(first option) for each ordered pair (i, j), renormalised over the two letters; with ``steer``, the
-    focal activities' tokens are steered in every prompt they appear in."""
+    focal activities' tokens are steered in every prompt they appear in; with ``ablate``, its subspaces are
+    projected out of every token."""
     import torch
 
     bridge, spec = model
@@ -174,7 +214,7 @@ def choice_probabilities(model: Model, activities: Sequence[str], pairs: Sequenc
             raise ValueError(f"focal activities {bad} are out of range for {len(activities)} activities")
         spans = [[sp for k, sp in zip((i, j), b[1:]) if k in steer.focal] for (i, j), b in zip(pairs, built)]
         intervention = _steer_intervention(model, steer, spans)
-    logits = last_position_logits(model, prompts, batch_size, intervention, progress)
+    logits = last_position_logits(model, prompts, batch_size, _combined(model, intervention, ablate), progress)
     two = torch.stack([logits[:, a_id], logits[:, b_id]], dim=1)
     return torch.softmax(two, dim=1)[:, 0].numpy()
 
@@ -231,7 +271,8 @@ TOURNAMENT_VERSION = 1  # bump when a change alters choice probabilities, so old
 
 def tournament(model: Model, activities: Sequence[str], pairs: Sequence[tuple[int, int]] | None = None,
                steer: ChoiceSteer | None = None, batch_size: int = 16, chunk_size: int = 256,
-               progress: bool = True, folder: Any = None, refresh: bool = False) -> Tournament:
+               progress: bool = True, folder: Any = None, refresh: bool = False,
+               ablate: ChoiceAblation | None = None) -> Tournament:
     """The forced-choice tournament over ``pairs`` (all ordered pairs by default), cached by content hash of
     the model, its weights and dtype, the prompt wording, the activities, the pairs and the steering; long runs
     checkpoint every ``chunk_size`` pairs, so an interrupted run resumes where it stopped."""
@@ -249,6 +290,8 @@ def tournament(model: Model, activities: Sequence[str], pairs: Sequence[tuple[in
            "version": TOURNAMENT_VERSION, "question": CHOICE_QUESTION, "prefill": PREFILL,
            "activities": content_hash(list(activities)), "pairs": content_hash(pairs),
            "steer": steer.key() if steer is not None else None}
+    if ablate is not None:  # only then, so the caches of unablated tournaments keep their keys
+        key["ablate"] = ablate.key()
     from pathlib import Path
 
     root = Path(folder or cache_dir() / "tournaments")
@@ -258,7 +301,8 @@ def tournament(model: Model, activities: Sequence[str], pairs: Sequence[tuple[in
     def compute() -> tuple[dict[str, Any], dict[str, Any]]:
         def one(c: int) -> dict[str, Any]:
             part = pairs[c * chunk_size:(c + 1) * chunk_size]
-            p = choice_probabilities(model, activities, part, batch_size, steer, progress=progress and n_chunks == 1)
+            p = choice_probabilities(model, activities, part, batch_size, steer, progress=progress and n_chunks == 1,
+                                     ablate=ablate)
             return {"p_first": torch.as_tensor(p, dtype=torch.float64)}
 
         parts = checkpointed(n_chunks, root / "checkpoints", ck_key, one, progress)
@@ -770,6 +814,35 @@ def category_means(values: Any, categories: Sequence[str], n_boot: int = 2000, s
     return out
 
 
+def paper_category_agreement(ratings: Any, categories: Sequence[str], paper_rows: Sequence[tuple[str, int, int]],
+                             column: int = 1) -> dict[str, Any]:
+    """Spearman correlation of our mean rating per activity category with the paper's (``column`` 1: the
+    post-trained model's Elo, 2: the base model's), and its exact permutation p-value over every assignment of
+    our category means to the paper's categories (8! = 40,320: one-sided, agreement). Categories are the unit:
+    our activities are our own wordings, so only the categories correspond."""
+    import itertools
+
+    from scipy.stats import rankdata
+
+    v = np.asarray(ratings, float)
+    cats = list(dict.fromkeys(categories))
+    ours = np.array([v[[k for k, c in enumerate(categories) if c == cat]].mean() for cat in cats])
+    theirs_by = {c: [] for c in cats}
+    for row in paper_rows:
+        if row[0] in theirs_by:
+            theirs_by[row[0]].append(row[column])
+    if any(not x for x in theirs_by.values()):
+        raise ValueError(f"the paper's table lacks categories {[c for c, x in theirs_by.items() if not x]}")
+    theirs = np.array([np.mean(theirs_by[c]) for c in cats])
+    a, b = rankdata(ours), rankdata(theirs)
+    rho = float(np.corrcoef(a, b)[0, 1])
+    if len(cats) > 9:
+        raise ValueError(f"exact permutation over {len(cats)} categories is too large")
+    null = np.array([np.corrcoef(a[list(p)], b)[0, 1] for p in itertools.permutations(range(len(cats)))])
+    return {"categories": cats, "ours": ours, "paper": theirs, "spearman": rho,
+            "p": float(np.mean(null >= rho - 1e-12)), "n_permutations": len(null)}
+
+
 def valence_relation(emotions: Sequence[str], probe_r: Any, n_perm: int = 10000, seed: int = 0) -> dict[str, Any]:
     """Across emotions with a human valence rating (Warriner et al., matched as in notebook 04): correlation of
     each emotion's probe-preference r with its valence (the paper: 0.76 with LLM-judged valence, Figure 56)."""
@@ -851,3 +924,46 @@ def findings_text(results: dict[str, Any]) -> str:
         text += (f" Sparse design: k = {r['sparse_k']['k']} opponents per activity reproduce the full tournament at "
                  f"Spearman >= {r['sparse_k']['threshold']} in every one of the designs tried.")
     return text
+
+
+# ---- what preferences lose when a direction is ablated (notebook 06) ----------------------------------------
+def ablation_preferences(model: Model, activities: Sequence[str], categories: Sequence[str], full: Tournament,
+                         conditions: dict[str, ChoiceAblation], k: int, seed: int = 0,
+                         cost_texts: Sequence[str] = (), n_boot: int = 2000,
+                         progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Ratings on a sparse design (each activity against ``k`` opponents, both orders; cached tournaments) with
+    each condition's subspaces ablated at every token, against the same design read from the unablated ``full``
+    tournament, so design noise is shared. Per condition: Spearman with the unablated sparse ratings and with
+    the full tournament's, the good-vs-bad d', the spread of the ratings (SD in Elo points) and the mean
+    absolute rating change per activity with a bootstrap CI over activities, and the cost on ``cost_texts``."""
+    import torch
+    from scipy.stats import spearmanr
+    from tqdm.auto import tqdm
+
+    from emolens.interventions import intervention_cost
+    from emolens.patching import ablation_by_layer
+
+    bridge, spec = model
+    pairs = sparse_pairs(len(activities), k, seed)
+    clean = restrict(full, pairs)
+    full_r = bradley_terry(full.n, full.outcomes())
+    base = bradley_terry(clean.n, clean.outcomes())
+    out: dict[str, dict[str, Any]] = {}
+    for name, abl in tqdm([("none", None), *conditions.items()], desc="ablated tournaments", disable=not progress):
+        t = clean if abl is None else tournament(model, activities, pairs, progress=False, ablate=abl)
+        theta = bradley_terry(t.n, t.outcomes())
+        change = np.abs(theta - base) * ELO_PER_LOGIT
+        row = {"n_pairs": len(pairs), "k": k,
+               "spearman_vs_unablated": float(spearmanr(theta, base)[0]),
+               "spearman_vs_full": float(spearmanr(theta, full_r)[0]),
+               "good_vs_bad": good_vs_bad(theta, categories), "spread_elo": float(np.std(theta) * ELO_PER_LOGIT),
+               "mean_abs_change": mean_ci(change, n_boot), "first_option_rate": t.first_option_rate(),
+               "rating": to_elo_scale(theta)}
+        if abl is not None:
+            row["dims"] = abl.key()["dims"]
+            if cost_texts:
+                bases = {la: torch.as_tensor(np.asarray(b, np.float32)) for la, b in abl.bases.items()}
+                row["cost"] = intervention_cost(bridge, spec, list(cost_texts),
+                                                lambda bases=bases: ablation_by_layer(bridge, spec, bases))
+        out[name] = row
+    return out

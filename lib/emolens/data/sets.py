@@ -165,6 +165,21 @@ def load_activities(data_dir: Path | None = None) -> list[Activity]:
     return out
 
 
+def load_paper_activity_elo(data_dir: Path | None = None) -> list[tuple[str, int, int]]:
+    """The paper's 64 activity ratings (Tables 9 and 17): ``(category, post-trained Elo, base Elo)`` per row.
+    Numbers and categories only: the paper's activity wordings are not ours to copy, so comparisons with our
+    activities are made per category."""
+    path = _root(data_dir) / "eval" / "paper_activity_elo.jsonl"
+    out = []
+    for n, o in read_jsonl(path):
+        w = f"{path}:{n}"
+        row = (field(o, "category", str, w), field(o, "elo_post_trained", int, w), field(o, "elo_base", int, w))
+        if row[0] not in ACTIVITY_CATEGORIES:
+            raise DataError(f"{w}: category {row[0]!r} not allowed: {ACTIVITY_CATEGORIES}")
+        out.append(row)
+    return out
+
+
 def _string_records(path: Path, cls: Any, keys: tuple[str, ...]) -> list[Any]:
     """Records whose fields are all strings, in ``keys`` order."""
     return [cls(*(field(o, k, str, f"{path}:{n}") for k in keys)) for n, o in read_jsonl(path)]
