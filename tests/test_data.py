@@ -215,3 +215,15 @@ def test_dialogue_plans_cross_role_and_emotion_and_the_intake_refuses_named_feel
     assert stored == 0 and "names 'excited'" in rejected[0]
     (d,) = load_dialogues("speakers", tmp_path)
     assert d.emotions == ("happy", "excited") and d.text().startswith("Human: Look at this")
+
+
+def test_banned_word_spans_cover_every_emotion_and_refuse_unknown_ones():
+    from emolens.data import DataError
+    from emolens.data.leaks import BannedWords
+
+    b = BannedWords({"happy": ("happy",), "glad": ("glad", "happy")})
+    text = "So happy, so glad."
+    assert b.spans(text) == {(3, 8), (13, 17)}  # the span two emotions ban is counted once
+    assert b.spans(text, ["glad"]) == {(3, 8), (13, 17)} and b.spans(text, ["happy"]) == {(3, 8)}
+    with pytest.raises(DataError, match="calm"):
+        b.spans(text, ["calm"])

@@ -228,3 +228,25 @@ def test_probe_analyses_on_planted_data():
     assert m["matched"].value > 0.9 and m["matched"].p < 0.1
     with pytest.raises(ValueError, match="at least 3"):
         mean_diagonal_cosine(p.vectors[:2], p.vectors[:2])
+
+
+def test_deflection_traces_read_each_token_of_both_dialogues_of_a_pair(tiny_llama):
+    from types import SimpleNamespace
+
+    from emolens.activations import token_residuals
+    from emolens.analyses.speakers import deflection_traces
+
+    spec = tiny_llama.spec
+    turns = ((0, "I am fine, really."), (1, "Are you sure?"))
+    dl = [Dialogue(f"{v}-angry-00", "deflection", ("Sam", "Lee"), ("angry", ""), turns, 1, v, shown="calm",
+                   context="Sam is seething.") for v in ("deflect", "open")]
+    dl.append(Dialogue("deflect-sad-00", "deflection", ("Sam", "Lee"), ("sad", ""), turns, 1, "deflect"))  # no pair
+    dv = torch.randn(2, spec.d_model, generator=torch.Generator().manual_seed(0))
+    study = {"targets": ["angry", "sad"], "probes": {"deflect": dv.numpy()}}
+    ev = SimpleNamespace(emotions=["calm"])  # the target has no story vector: the deflection vector alone
+    rows = deflection_traces(tiny_llama, dl, study, ev, 1, None, n_pairs=3)
+    assert [r[0].split(":")[0] for r in rows] == ["deflect-angry-00", "open-angry-00"]
+    text = speaker_tokens(spec, dl[0], "plain", None).text
+    ids, res = token_residuals(tiny_llama.bridge, spec, text, [1])
+    want = torch.nn.functional.cosine_similarity(res[:, 0], dv[0][None].float(), dim=-1)
+    assert len(rows[0][1]) == len(ids) and np.allclose(rows[0][2], want.numpy(), atol=1e-5)

@@ -250,28 +250,27 @@ def edit_span(a: str, b: str) -> tuple[int, str, str]:
 
 
 def char_to_token_span(spec: ModelSpec, text: str, start: int, end: int) -> tuple[int, int]:
-    """Token range ``[t0, t1)`` of ``spec.encode(text)`` covering characters ``[start, end)``; an empty character
-    range gives the empty token range at the token that starts at or after ``start``."""
+    """Token range ``[t0, t1)`` of ``spec.encode(text)`` covering characters ``[start, end)`` without the span's
+    own leading and trailing spaces (:func:`emolens.interventions.token_span` on the trimmed span); an empty
+    character range gives the empty token range at the token that holds ``start``."""
+    from emolens.interventions import token_span
+
     if not 0 <= start <= end <= len(text):
         raise PatchingError(f"character span [{start}, {end}) is outside a text of length {len(text)}")
-    enc = spec.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offs = list(enc.input_ids), list(enc.offset_mapping)
-    full = spec.encode(text)
-    shift = len(full) - len(ids)  # a BOS that encode() puts in front
-    if full[shift:] != ids or shift not in (0, 1):
-        raise PatchingError(f"{spec.name}: offsets of the tokenizer do not match spec.encode; cannot map characters")
     # a span's own spaces are not the edit: "don't " must not claim the " feel" token after it
     while end > start and text[end - 1].isspace():
         end -= 1
     while start < end and text[start].isspace():
         start += 1
-    if start == end:
-        t = next((i for i, (_, b) in enumerate(offs) if b > start), len(ids))  # the token holding `start`
+    if start == end:  # token_span would put an empty span after a token that straddles `start`; we want that token
+        enc = spec.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        shift = len(spec.encode(text)) - len(enc.input_ids)
+        t = next((i for i, (_, b) in enumerate(enc.offset_mapping) if b > start), len(enc.input_ids))
         return t + shift, t + shift
-    hit = [i for i, (a, b) in enumerate(offs) if a < end and b > start and b > a]
-    if not hit:
-        raise PatchingError(f"no token covers characters [{start}, {end}) of {text[start:end]!r}")
-    return hit[0] + shift, hit[-1] + 1 + shift
+    try:
+        return token_span(spec, text, start, end)
+    except ValueError as e:
+        raise PatchingError(str(e)) from e
 
 
 def align_tokens(clean_ids: Sequence[int], corrupt_ids: Sequence[int], clean_span: tuple[int, int],

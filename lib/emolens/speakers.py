@@ -337,7 +337,7 @@ def lexicon_rates(texts: Sequence[str], target: str | None = None) -> dict[str, 
             for k in out:
                 out[k].append(float("nan"))
             continue
-        hits = {m.span() for e in banned.terms for m in banned._rx[e].finditer(t)}  # type: ignore[attr-defined]
+        hits = banned.spans(t)
         out["emotion_words"].append(100 * len(hits) / len(ws))
         out["target_words"].append(100 * len(banned.leaks(target, t)) / len(ws) if target else float("nan"))
         vals = [norms[w][0] for w in ws if w in norms]

@@ -533,3 +533,45 @@ def error_bars(estimates: Sequence[Estimate]) -> np.ndarray:
     is drawn as 0 (the interval is reported in full in the printed numbers)."""
     v = np.array([[e.value - e.low, e.high - e.value] for e in estimates], float).T
     return np.clip(np.nan_to_num(v), 0, None)
+
+
+def deflection_traces(model: Model, dialogues: Sequence[Dialogue], study: dict[str, Any], vectors: EmotionVectors,
+                      layer: int, max_turns: int | None, n_pairs: int = 2) -> list[tuple[str, list[str], list[float]]]:
+    """Per-token traces (rows for :func:`emolens.display.trace_figure`) of the first ``n_pairs`` matched pairs
+    with different target feelings, each dialogue rendered as the study read it (plain, with the context line):
+    the cosine of every token's residual at ``layer`` with the deflection vector of the target (from
+    :func:`deflection_study`'s ``probes``) and with the story vector of the real feeling."""
+    import torch
+
+    from emolens.activations import token_residuals
+    from emolens.readout import project
+    from emolens.speakers import speaker_tokens
+
+    bridge, spec = model
+    by: dict[str, dict[str, Dialogue]] = {}
+    for d in dialogues:
+        by.setdefault(pair_key(d), {})[d.variant] = d
+    chosen, seen = [], set()
+    for pair in by.values():
+        if {"deflect", "open"} <= set(pair) and pair["deflect"].emotions[0] not in seen:
+            chosen.append(pair)
+            seen.add(pair["deflect"].emotions[0])
+        if len(chosen) == n_pairs:
+            break
+    rows = []
+    for pair in chosen:
+        target = pair["deflect"].emotions[0]
+        dv = torch.as_tensor(np.asarray(study["probes"]["deflect"][study["targets"].index(target)]), dtype=torch.float32)
+        dirs = [("deflection vector", dv)]
+        if target in vectors.emotions:
+            dirs.append(("story vector", vectors.vector(target, layer)))
+        for variant in ("deflect", "open"):
+            d = pair[variant]
+            text = speaker_tokens(spec, d, "plain", max_turns).text
+            ids, res = token_residuals(bridge, spec, text, [layer])
+            toks = [spec.tokenizer.decode([i]) for i in ids]
+            for name, v in dirs:
+                vals = project(res[:, 0], v[None].float(), "cosine")[:, 0]
+                how = "hidden" if variant == "deflect" else "shown"
+                rows.append((f"{d.id}: {target} {how}; {name} of {target}", toks, vals.tolist()))
+    return rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,15 @@ class BannedWords:
         if emotion not in self.terms:
             raise DataError(f"no banned-word list for emotion {emotion!r}")
         return [m.group(0) for m in self._rx[emotion].finditer(text)]  # type: ignore[attr-defined]
+
+    def spans(self, text: str, emotions: Iterable[str] | None = None) -> set[tuple[int, int]]:
+        """Character spans ``(start, end)`` of every banned term of ``emotions`` (all emotions by default) in
+        ``text``; a span several emotions ban is counted once."""
+        chosen = list(self.terms) if emotions is None else list(emotions)
+        unknown = [e for e in chosen if e not in self.terms]
+        if unknown:
+            raise DataError(f"no banned-word list for emotions {unknown}")
+        return {m.span() for e in chosen for m in self._rx[e].finditer(text)}  # type: ignore[attr-defined]
 
 
 def load_banned_words(data_dir: Path | None = None, path: Path | None = None) -> BannedWords:
