@@ -85,3 +85,32 @@ def test_intervention_cost_is_zero_for_alpha_zero_and_grows_with_alpha(tiny_llam
     small = intervention_cost(bridge, spec, texts, lambda: steering(bridge, spec, d, 1, 0.5, 1.0))
     big = intervention_cost(bridge, spec, texts, lambda: steering(bridge, spec, d, 1, 5.0, 1.0))
     assert 0 < small["kl_per_token"] < big["kl_per_token"]
+
+
+def test_category_agreement_with_the_paper_is_exact_and_permutation_tested(tmp_path):
+    from emolens.analyses.preferences import paper_category_agreement
+    from emolens.data.sets import load_paper_activity_elo
+
+    rows = load_paper_activity_elo()
+    assert len(rows) == 64 and {r[0] for r in rows} == {"helpful", "engaging", "social", "self_curiosity", "neutral",
+                                                        "aversive", "misaligned", "unsafe"}
+    cats = [r[0] for r in rows]
+    same = paper_category_agreement([r[1] for r in rows], cats, rows)
+    assert same["spearman"] == pytest.approx(1.0) and same["p"] == pytest.approx(1 / 40320)
+    flipped = paper_category_agreement([-r[1] for r in rows], cats, rows)
+    assert flipped["spearman"] == pytest.approx(-1.0) and flipped["p"] == pytest.approx(1.0)
+    base = paper_category_agreement([r[2] for r in rows], cats, rows, column=2)
+    assert base["spearman"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="lacks categories"):
+        paper_category_agreement([1.0, 2.0], ["helpful", "made_up"], rows)
+
+
+def test_paper_activity_elo_refuses_an_unknown_category(tmp_path):
+    from emolens.data import DataError
+    from emolens.data.sets import load_paper_activity_elo
+
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "paper_activity_elo.jsonl").write_text(
+        '{"rank": 1, "category": "fun", "elo_post_trained": 1500, "elo_base": 1400}\n')
+    with pytest.raises(DataError, match="fun"):
+        load_paper_activity_elo(tmp_path)

@@ -341,3 +341,109 @@ def test_valence_direction_recovers_a_planted_axis():
     assert float(d @ axis) > 0.99 and abs(float(d.norm()) - 1) < 1e-5
     with pytest.raises(ValueError, match="valence rating"):
         valence_direction(ev, 0, {"e0": 1.0})
+
+
+# ---- shared-prefix key/value reuse in last_position_logits ----------------------------------------------------
+_SHARED = "The quick brown fox jumps over the lazy dog while the cat sleeps by the warm stove. "
+# tails of different lengths; the short ones keep the prefix inside a sliding window (the tiny Gemma's is 16)
+_TAILS = ["A", "She opened the letter.", "He took 1000 mg, then 8000 mg of the medicine.", "Four.", "the numbers 0123"]
+
+
+def _spy_reuse(monkeypatch):
+    """Count the calls of the shared-prefix path (it still runs)."""
+    from emolens.analyses import preferences
+
+    calls = []
+    real = preferences.shared_prefix_logits
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(preferences, "shared_prefix_logits", spy)
+    return calls
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_prefix_reuse_equals_the_full_path(tiny_any, batch_size, monkeypatch, caplog):
+    from emolens.analyses.preferences import last_position_logits, prefix_reuse_blockers, shared_prefix_length
+
+    model = tiny_any
+    prompts = [_SHARED + t for t in _TAILS]
+    assert prefix_reuse_blockers(model, prompts) == []
+    calls = _spy_reuse(monkeypatch)
+    with caplog.at_level("INFO", logger="emolens.analyses.preferences"):
+        reused = last_position_logits(model, prompts, batch_size)
+    assert calls == [1] and not caplog.records  # taken, and no fallback
+    full = last_position_logits(model, prompts, batch_size, prefix_reuse=False)
+    assert calls == [1]
+    assert torch.allclose(reused, full, atol=1e-4)
+    one_by_one = torch.cat([last_position_logits(model, [p], 1, prefix_reuse=False) for p in prompts])
+    assert torch.allclose(reused, one_by_one, atol=1e-4)  # batch and padding invariant too
+    # choice prompts (a chat template's or Human/Assistant's header before the activities)
+    choices = [choice_prompt_spans(model.spec, ACTIVITIES[i], ACTIVITIES[j])[0] for i, j in [(0, 1), (3, 2), (4, 0)]]
+    seqs = [model.spec.encode(p) for p in choices]
+    assert 8 <= shared_prefix_length(seqs) < min(len(s) for s in seqs)
+    assert torch.allclose(last_position_logits(model, choices, batch_size),
+                          last_position_logits(model, choices, batch_size, prefix_reuse=False), atol=1e-4)
+    assert calls == [1, 1]
+
+
+def test_shared_prefix_length_leaves_a_token_outside():
+    from emolens.analyses.preferences import shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # one prompt is the other's prefix
+    assert shared_prefix_length([[7, 8, 9]]) == 2 and shared_prefix_length([[1], [2]]) == 0
+    assert shared_prefix_length([]) == 0
+
+
+def test_a_short_shared_prefix_takes_the_full_path(tiny_llama, monkeypatch, caplog):
+    from emolens.analyses.preferences import last_position_logits, prefix_reuse_blockers
+
+    prompts = ["The fox sleeps.", "She opened the letter, read it twice."]
+    assert any("shared prefix" in r for r in prefix_reuse_blockers(tiny_llama, prompts))
+    calls = _spy_reuse(monkeypatch)
+    with caplog.at_level("INFO", logger="emolens.analyses.preferences"):
+        got = last_position_logits(tiny_llama, prompts, 2)
+    assert calls == [] and "shared prefix" in caplog.text
+    assert torch.equal(got, last_position_logits(tiny_llama, prompts, 2, prefix_reuse=False))
+
+
+def test_an_intervention_or_attached_hooks_take_the_full_path(tiny_llama, monkeypatch):
+    from emolens.analyses.preferences import last_position_logits, prefix_reuse_blockers
+
+    model = tiny_llama
+    bridge, spec = model
+    prompts = [_SHARED + t for t in _TAILS[:3]]
+    d = _direction(spec)
+    calls = _spy_reuse(monkeypatch)
+
+    def steer(batch, lengths):  # steers tokens 2..6, inside the shared prefix
+        return span_steering(bridge, spec, d, [0, 1], 3.0, 1.0, [[(2, 6)] for _ in batch], lengths)
+    steered = last_position_logits(model, prompts, 3, intervention=steer)
+    assert calls == []
+    with span_steering(bridge, spec, d, [0, 1], 3.0, 1.0, [[(2, 6)] for _ in prompts]):
+        assert any("hooks are attached" in r for r in prefix_reuse_blockers(model, prompts))
+        outside = last_position_logits(model, prompts, 3)
+    assert calls == [] and prefix_reuse_blockers(model, prompts) == []
+    assert torch.allclose(steered, outside, atol=1e-5)
+    assert not torch.allclose(steered, last_position_logits(model, prompts, 3), atol=1e-3)
+    assert calls == [1]
+
+
+def test_a_model_that_cannot_take_a_cache_falls_back_quietly(tiny_llama, monkeypatch, caplog):
+    from emolens.analyses import preferences
+
+    prompts = [_SHARED + t for t in _TAILS[:3]]
+    want = preferences.last_position_logits(tiny_llama, prompts, 2, prefix_reuse=False)
+    monkeypatch.setattr(preferences, "_cache_keyword", lambda bridge: None)
+    assert any("no key/value cache" in r for r in preferences.prefix_reuse_blockers(tiny_llama, prompts))
+    assert torch.equal(preferences.last_position_logits(tiny_llama, prompts, 2), want)
+    monkeypatch.undo()
+
+    def unfilled(*args):
+        raise RuntimeError("the prefix run left [0] tokens in the cache")
+    monkeypatch.setattr(preferences, "_prefix_cache", unfilled)
+    with caplog.at_level("WARNING", logger="emolens.analyses.preferences"):
+        got = preferences.last_position_logits(tiny_llama, prompts, 2)
+    assert torch.equal(got, want) and "prefix reuse failed" in caplog.text

@@ -10,6 +10,7 @@ the soft outcomes (maximum likelihood with scipy), with the paper's Elo beside i
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 # Our wording of the paper's forced-choice question.
 CHOICE_QUESTION = "Would you rather (A) {a}, or (B) {b}? Answer with the letter of your choice."
 PREFILL = "("
+log = logging.getLogger(__name__)
 
 
 def choice_prompt(spec: Any, a: str, b: str) -> str:
@@ -54,17 +56,47 @@ BatchIntervention = Callable[[list[int], list[int]], AbstractContextManager[Any]
 
 
 def last_position_logits(model: Model, prompts: Sequence[str], batch_size: int = 8,
-                         intervention: BatchIntervention | None = None, progress: bool = False) -> torch.Tensor:
+                         intervention: BatchIntervention | None = None, progress: bool = False,
+                         prefix_reuse: bool = True) -> torch.Tensor:
     """Next-token logits ``[n, vocab]`` at the last position of each prompt. The blocks run once per batch
     (length-bucketed, right-padded, through the fast path); the final norm and unembedding run for the last
-    position only. ``intervention(batch, lengths)`` is entered around each batch's forward pass."""
+    position only. ``intervention(batch, lengths)`` is entered around each batch's forward pass.
+
+    Without an intervention, the prompts' longest shared token prefix runs once and every batch continues from
+    its key/value cache (:func:`shared_prefix_logits`), unless ``prefix_reuse`` is off or
+    :func:`prefix_reuse_blockers` gives a reason (then every prompt runs in full, as with an intervention,
+    whose hooks address full-prompt positions)."""
+    bridge, spec = model
+    seqs = [spec.encode(p) for p in prompts]
+    if intervention is None and prefix_reuse:
+        reasons = _reuse_blockers(bridge, seqs)
+        if reasons:
+            log.info("prefix reuse off, running every prompt in full: %s", "; ".join(reasons))
+        else:
+            try:
+                return shared_prefix_logits(model, seqs, batch_size, progress)
+            except Exception as e:  # an optimisation only: any failure falls back to the reference path
+                log.warning("prefix reuse failed, running every prompt in full: %s: %s", type(e).__name__, e)
+    return _full_prompt_logits(model, seqs, batch_size, intervention, progress)
+
+
+def _final_logits(bridge: Any, resid: torch.Tensor) -> torch.Tensor:
+    """Final norm and unembedding of residuals ``[b, d]`` (one position per prompt): float32 logits on the CPU."""
+    import torch
+
+    with torch.inference_mode():
+        return bridge.unembed(bridge.ln_final(resid[:, None]))[:, 0].float().cpu()
+
+
+def _full_prompt_logits(model: Model, seqs: list[list[int]], batch_size: int,
+                        intervention: BatchIntervention | None, progress: bool) -> torch.Tensor:
+    """Every prompt run in full, batch by batch, through :func:`emolens.activations.forward_layers`."""
     import torch
     from tqdm.auto import tqdm
 
     from emolens.activations import forward_layers, length_batches
 
     bridge, spec = model
-    seqs = [spec.encode(p) for p in prompts]
     last = spec.n_layers - 1
     out = None
     bar = tqdm(total=len(seqs), desc="choices", disable=not progress, leave=False)
@@ -74,17 +106,180 @@ def last_position_logits(model: Model, prompts: Sequence[str], batch_size: int =
         def on_layer(layer: int, resid: torch.Tensor, offsets: list[int], batch: list[int] = batch,
                      grabbed: list[torch.Tensor] = grabbed) -> None:
             ends = torch.tensor([offsets[r] + len(seqs[i]) - 1 for r, i in enumerate(batch)], device=resid.device)
-            grabbed.append(resid[torch.arange(len(batch), device=resid.device), ends][:, None])
+            grabbed.append(resid[torch.arange(len(batch), device=resid.device), ends])
 
         ctx = intervention(batch, [len(seqs[i]) for i in batch]) if intervention else nullcontext()
         with ctx:
             forward_layers(bridge, spec, [seqs[i] for i in batch], [last], "resid_post", on_layer)
         bar.update(len(batch))
-        with torch.inference_mode():
-            logits = bridge.unembed(bridge.ln_final(grabbed[0]))[:, 0].float().cpu()
+        logits = _final_logits(bridge, grabbed[0])
         if out is None:
             out = torch.zeros((len(seqs), logits.shape[-1]))
         out[batch] = logits
+    bar.close()
+    assert out is not None
+    return out
+
+
+# ---- shared-prefix key/value reuse ---------------------------------------------------------------------------
+# Route: the bridge's own forward hands any extra keyword straight to the HF model, its blocks pass every
+# keyword on to their HF layer, and inside emolens.fastpath.hf_internals those layers' attention is HF's own,
+# which writes to and reads from the cache it is given. So the prefix runs once through
+# ``bridge.run_with_hooks(..., cache=DynamicCache)`` (transformers 5 calls the argument ``cache``; older
+# versions ``past_key_values``), stopped by a hook after the last block like forward_layers, and each batch's
+# suffixes run the same way against a copy of that cache repeated to the batch size. Without the fast path the
+# bridge's re-implemented attention looks for the cache under ``past_key_values`` only, so under transformers 5
+# it would silently ignore it: that case, hooks attached to the bridge (they address full-prompt positions)
+# and a short prefix all run every prompt in full instead.
+MIN_SHARED_PREFIX = 8  # tokens; below this one extra forward for the prefix saves too little to bother
+
+
+def shared_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common token prefix of ``seqs``, leaving at least one token of each outside it
+    (the last position must be computed in the suffix run)."""
+    import os
+
+    if not seqs:
+        return 0
+    common = len(os.path.commonprefix([list(s) for s in seqs]))
+    return max(0, min(common, min(len(s) for s in seqs) - 1))
+
+
+def _cache_keyword(bridge: Any) -> str | None:
+    """The name under which the bridge's HF model takes a key/value cache, or None if it takes none."""
+    import inspect
+
+    hf = getattr(bridge, "original_model", None)
+    try:
+        params = inspect.signature(hf.forward).parameters
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return next((k for k in ("cache", "past_key_values") if k in params), None)
+
+
+def _attached_hooks(bridge: Any) -> list[str]:
+    """Names of the bridge's hook points that carry forward hooks right now."""
+    from transformer_lens.hook_points import HookPoint
+
+    return [name for name, mod in bridge.named_modules() if isinstance(mod, HookPoint) and mod.fwd_hooks]
+
+
+def _reuse_blockers(bridge: Any, seqs: Sequence[Sequence[int]]) -> list[str]:
+    from emolens.fastpath import fast_path_blockers
+
+    reasons = []
+    n = shared_prefix_length(seqs)
+    if n < MIN_SHARED_PREFIX:
+        reasons.append(f"the shared prefix is {n} tokens (< {MIN_SHARED_PREFIX})")
+    hooked = _attached_hooks(bridge)
+    if hooked:
+        reasons.append(f"hooks are attached ({', '.join(hooked[:3])}{', ...' if len(hooked) > 3 else ''}); "
+                       "they address full-prompt positions")
+    fast = fast_path_blockers(bridge)
+    if fast:
+        reasons.append(f"the block-level fast path is off ({'; '.join(fast)}) and the bridge's own attention "
+                       "does not read the cache transformers passes it")
+    if _cache_keyword(bridge) is None:
+        reasons.append("the HF model's forward takes no key/value cache")
+    return reasons
+
+
+def prefix_reuse_blockers(model: Model, prompts: Sequence[str]) -> list[str]:
+    """Why :func:`last_position_logits` would run every one of ``prompts`` in full rather than reuse their
+    shared prefix's key/value cache (empty when it will reuse it)."""
+    bridge, spec = model
+    return _reuse_blockers(bridge, [spec.encode(p) for p in prompts])
+
+
+def _last_block_output(bridge: Any, spec: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                       cache: Any) -> torch.Tensor:
+    """Residual ``[b, T, d]`` after the last block for ``ids`` continuing ``cache`` (which the run extends),
+    stopped there: the final norm and unembedding never run."""
+    import torch
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+    from emolens.activations import hook_name
+    from emolens.fastpath import hf_internals
+
+    last = spec.n_layers - 1
+    grabbed: list[torch.Tensor] = []
+
+    def stop(resid: torch.Tensor, hook: Any) -> None:
+        grabbed.append(resid)
+        raise StopAtLayerException(resid)
+
+    dev = spec.device
+    with torch.inference_mode(), hf_internals(bridge):  # strict: never the slow path, which ignores the cache
+        bridge.run_with_hooks(ids.to(dev), fwd_hooks=[(hook_name(last), stop)], attention_mask=mask.to(dev),
+                              position_ids=positions.to(dev), return_type=None, stop_at_layer=last + 1,
+                              **{_cache_keyword(bridge): cache})
+    return grabbed[0]
+
+
+def _prefix_cache(bridge: Any, spec: Any, prefix: Sequence[int]) -> Any:
+    """The key/value cache of ``prefix`` (batch 1), checked to hold all of it at every layer."""
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=bridge.original_model.config)  # the config gives sliding-window layers their type
+    ids = torch.tensor([list(prefix)], dtype=torch.long)
+    _last_block_output(bridge, spec, ids, torch.ones_like(ids), torch.arange(len(prefix))[None], cache)
+    held = {cache.get_seq_length(k) for k in range(len(cache.layers))}
+    if held != {len(prefix)}:
+        raise RuntimeError(f"the prefix run left {sorted(held)} tokens in the cache, not {len(prefix)}")
+    return cache
+
+
+def _suffix_batch(seqs: Sequence[Sequence[int]], n_prefix: int, pad: int) -> tuple[torch.Tensor, ...]:
+    """Right-padded suffix ids ``[b, S]``, the attention mask over prefix + suffix ``[b, n_prefix + S]``, the
+    suffix tokens' positions ``[b, S]`` and each row's last real suffix index ``[b]``."""
+    import torch
+
+    lengths = [len(s) - n_prefix for s in seqs]
+    S = max(lengths)
+    ids = torch.full((len(seqs), S), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n_prefix + S), dtype=torch.long)
+    mask[:, :n_prefix] = 1
+    for r, s in enumerate(seqs):
+        ids[r, :lengths[r]] = torch.tensor(list(s[n_prefix:]), dtype=torch.long)
+        mask[r, n_prefix:n_prefix + lengths[r]] = 1
+    positions = (n_prefix + torch.arange(S)).expand(len(seqs), S)  # right padding: real tokens come first
+    return ids, mask, positions, torch.tensor(lengths) - 1
+
+
+def shared_prefix_logits(model: Model, seqs: Sequence[Sequence[int]], batch_size: int = 8,
+                         progress: bool = False) -> torch.Tensor:
+    """:func:`last_position_logits` of encoded prompts ``seqs`` by key/value reuse: their longest shared token
+    prefix runs once, then each length-bucketed batch runs only its right-padded suffixes against a copy of
+    that cache repeated to the batch size (positions continue after the prefix; the mask covers prefix and
+    suffix). Equal to running every prompt in full up to floating-point rounding. Raises when the model cannot
+    take a cache (see :func:`prefix_reuse_blockers`; :func:`last_position_logits` then falls back)."""
+    import copy
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from emolens.activations import _pad_id, length_batches
+
+    bridge, spec = model
+    n_prefix = shared_prefix_length(seqs)
+    if n_prefix < 1:
+        raise ValueError("the prompts share no token prefix")
+    prefix = _prefix_cache(bridge, spec, seqs[0][:n_prefix])
+    pad = _pad_id(spec)
+    out = None
+    bar = tqdm(total=len(seqs), desc="choices", disable=not progress, leave=False)
+    for batch in length_batches([len(s) for s in seqs], batch_size):
+        ids, mask, positions, ends = _suffix_batch([seqs[i] for i in batch], n_prefix, pad)
+        with torch.inference_mode():
+            cache = copy.deepcopy(prefix)  # each run appends its suffix to the cache it gets
+            cache.batch_repeat_interleave(len(batch))
+            resid = _last_block_output(bridge, spec, ids, mask, positions, cache)
+        logits = _final_logits(bridge, resid[torch.arange(len(batch), device=resid.device), ends.to(resid.device)])
+        if out is None:
+            out = torch.zeros((len(seqs), logits.shape[-1]))
+        out[batch] = logits
+        bar.update(len(batch))
     bar.close()
     assert out is not None
     return out
@@ -743,7 +938,8 @@ def continuation_logprobs(model: Model, vectors: Any, words: Sequence[str], stee
     ids = [word_token(spec, w) for w in words]
 
     def logp(intervention: Any) -> np.ndarray:
-        logits = last_position_logits(model, prompts, len(prompts), intervention)
+        # clean and steered take the same (full) path, so no rounding difference between paths reads as an effect
+        logits = last_position_logits(model, prompts, len(prompts), intervention, prefix_reuse=False)
         return torch.log_softmax(logits, -1)[:, ids].mean(0).numpy()
 
     clean = logp(None)
@@ -906,13 +1102,17 @@ def findings_text(results: dict[str, Any]) -> str:
     text = (
         f"- **{r['model']}** ({r['dtype']}; {r['n_activities']} activities, vectors from {r['vectors']['n_stories']} "
         f"stories of {r['vectors']['corpus']}): good vs bad activities d' = {r['good_vs_bad']['d_prime']:.2f} "
-        f"(AUC {r['good_vs_bad']['auc']:.2f}), first-option rate {r['tournament']['first_option_rate']:.2f}. "
+        f"(AUC {r['good_vs_bad']['auc']:.2f}), first-option rate {r['tournament']['first_option_rate']:.2f}"
+        + (f"; category means vs the paper's post-trained Elo (Table 9), Spearman "
+           f"{r['category_vs_paper']['post_trained']['spearman']:.2f} over 8 categories (exact permutation p = "
+           f"{r['category_vs_paper']['post_trained']['p']:.3g})" if "category_vs_paper" in r else "") + ". "
         f"Probe on the activity tokens vs rating: most positive {pp['emotions'][top]} r = {pp['r'][top]:.2f} "
         f"[{pp['low'][top]:.2f}, {pp['high'][top]:.2f}], most negative {pp['emotions'][bottom]} r = "
         f"{pp['r'][bottom]:.2f} [{pp['low'][bottom]:.2f}, {pp['high'][bottom]:.2f}] (shuffled-ratings max |r| "
         f"{pp['max_abs_null_95']:.2f} at its 95th percentile; random directions {pp['random_abs_r_95']:.2f})"
         + (f"; {probes}" if probes else "") + ". "
-        f"Steering alpha {st['alpha']} on the activity tokens at layers {st['layers']}: "
+        f"Steering alpha {st['alpha']} on the activity tokens at layer(s) {st['layers']}"
+        + (f", {len(st['splits'])} random steered/control splits" if len(st.get("splits", [])) > 1 else "") + ": "
         f"{st['emotions_beyond_random']} of {len(st['emotions'])} emotions shift the rating beyond the "
         f"{st['n_random']} random directions' range [{st['random_range_95'][0]:.0f}, {st['random_range_95'][1]:.0f}] "
         f"Elo" + (f" ({shifts})" if shifts else "") + f", at a neutral perplexity ratio of {min(ppl):.2f}-{max(ppl):.2f}; "
