@@ -148,7 +148,8 @@ def test_span_steering_refuses_bad_inputs(tiny_llama):
 def test_steered_choices_change_only_prompts_with_a_focal_activity(tiny_llama):
     model = tiny_llama
     pairs = [(0, 1), (1, 0), (2, 3), (3, 2)]
-    clean = choice_probabilities(model, ACTIVITIES, pairs, batch_size=4)
+    clean = choice_probabilities(model, ACTIVITIES, pairs, batch_size=4, prefix_reuse=False)  # the steered path
+    assert np.allclose(choice_probabilities(model, ACTIVITIES, pairs, batch_size=4), clean, atol=1e-5)
     steer = ChoiceSteer({0: _direction(model.spec).numpy(), 1: _direction(model.spec, 2).numpy()},
                         {0: 1.0, 1: 1.0}, 3.0, frozenset({0}))
     hit = choice_probabilities(model, ACTIVITIES, pairs, batch_size=4, steer=steer)

@@ -2,9 +2,11 @@
 
 Each ordered pair (a, b) becomes one chat prompt in the model's own format, with the Assistant turn prefilled
 with "(" so that the next token is the letter of its choice; P(A) and P(B) are read at the last position only
-(the final norm and the unembedding run for that one position). Every pair is scored in both orders and the
-two are averaged, which cancels the first-option bias the model has. Ratings come from a Bradley-Terry fit to
-the soft outcomes (maximum likelihood with scipy), with the paper's Elo beside it for comparison.
+(the final norm and the unembedding run for that one position); the prompts' shared head (chat header and
+"Would you rather (A) ") runs once and every batch continues from its key/value cache. Every pair is scored
+in both orders and the two are averaged, which cancels the first-option bias the model has. Ratings come from
+a Bradley-Terry fit to the soft outcomes (maximum likelihood with scipy), with the paper's Elo beside it for
+comparison.
 """
 
 from __future__ import annotations
@@ -392,10 +394,11 @@ def _steer_intervention(model: Model, steer: ChoiceSteer, spans: list[list[tuple
 
 def choice_probabilities(model: Model, activities: Sequence[str], pairs: Sequence[tuple[int, int]],
                          batch_size: int = 8, steer: ChoiceSteer | None = None, progress: bool = False,
-                         ablate: ChoiceAblation | None = None) -> np.ndarray:
+                         ablate: ChoiceAblation | None = None, prefix_reuse: bool = True) -> np.ndarray:
     """P(first option) for each ordered pair (i, j), renormalised over the two letters; with ``steer``, the
     focal activities' tokens are steered in every prompt they appear in; with ``ablate``, its subspaces are
-    projected out of every token."""
+    projected out of every token. ``prefix_reuse``: see :func:`last_position_logits` (interventions never
+    reuse; turn it off for a clean baseline that must match intervened runs to the last bit)."""
     import torch
 
     bridge, spec = model
@@ -409,7 +412,8 @@ def choice_probabilities(model: Model, activities: Sequence[str], pairs: Sequenc
             raise ValueError(f"focal activities {bad} are out of range for {len(activities)} activities")
         spans = [[sp for k, sp in zip((i, j), b[1:]) if k in steer.focal] for (i, j), b in zip(pairs, built)]
         intervention = _steer_intervention(model, steer, spans)
-    logits = last_position_logits(model, prompts, batch_size, _combined(model, intervention, ablate), progress)
+    logits = last_position_logits(model, prompts, batch_size, _combined(model, intervention, ablate), progress,
+                                  prefix_reuse)
     two = torch.stack([logits[:, a_id], logits[:, b_id]], dim=1)
     return torch.softmax(two, dim=1)[:, 0].numpy()
 
@@ -467,10 +471,11 @@ TOURNAMENT_VERSION = 1  # bump when a change alters choice probabilities, so old
 def tournament(model: Model, activities: Sequence[str], pairs: Sequence[tuple[int, int]] | None = None,
                steer: ChoiceSteer | None = None, batch_size: int = 16, chunk_size: int = 256,
                progress: bool = True, folder: Any = None, refresh: bool = False,
-               ablate: ChoiceAblation | None = None) -> Tournament:
+               ablate: ChoiceAblation | None = None, prefix_reuse: bool = True) -> Tournament:
     """The forced-choice tournament over ``pairs`` (all ordered pairs by default), cached by content hash of
     the model, its weights and dtype, the prompt wording, the activities, the pairs and the steering; long runs
-    checkpoint every ``chunk_size`` pairs, so an interrupted run resumes where it stopped."""
+    checkpoint every ``chunk_size`` pairs, so an interrupted run resumes where it stopped. ``prefix_reuse``
+    as in :func:`choice_probabilities`."""
     import torch
 
     from emolens.activations import checkpointed
@@ -487,6 +492,8 @@ def tournament(model: Model, activities: Sequence[str], pairs: Sequence[tuple[in
            "steer": steer.key() if steer is not None else None}
     if ablate is not None:  # only then, so the caches of unablated tournaments keep their keys
         key["ablate"] = ablate.key()
+    if not prefix_reuse and steer is None and ablate is None:  # a full-path baseline is never a reused one
+        key["prefix_reuse"] = False
     from pathlib import Path
 
     root = Path(folder or cache_dir() / "tournaments")
@@ -497,7 +504,7 @@ def tournament(model: Model, activities: Sequence[str], pairs: Sequence[tuple[in
         def one(c: int) -> dict[str, Any]:
             part = pairs[c * chunk_size:(c + 1) * chunk_size]
             p = choice_probabilities(model, activities, part, batch_size, steer, progress=progress and n_chunks == 1,
-                                     ablate=ablate)
+                                     ablate=ablate, prefix_reuse=prefix_reuse)
             return {"p_first": torch.as_tensor(p, dtype=torch.float64)}
 
         parts = checkpointed(n_chunks, root / "checkpoints", ck_key, one, progress)
@@ -787,7 +794,8 @@ def rating_shift(model: Model, activities: Sequence[str], fixed: np.ndarray, ste
                  pairs: Sequence[tuple[int, int]], steer: ChoiceSteer | None, batch_size: int = 16) -> np.ndarray:
     """Elo-point shift of each steered activity: its strength fitted from the steered games minus the same fit
     from the same games unsteered (both tournaments cached), so design noise cancels and alpha = 0 gives 0."""
-    clean = tournament(model, activities, pairs, None, batch_size, progress=False)
+    # the steered games run every prompt in full, so the unsteered ones do too: no path rounding in the shift
+    clean = tournament(model, activities, pairs, None, batch_size, progress=False, prefix_reuse=False)
     if steer is None:
         return np.zeros(len(steered))
     hit = tournament(model, activities, pairs, steer, batch_size, progress=False)
@@ -1132,9 +1140,9 @@ def ablation_preferences(model: Model, activities: Sequence[str], categories: Se
                          cost_texts: Sequence[str] = (), n_boot: int = 2000,
                          progress: bool = True) -> dict[str, dict[str, Any]]:
     """Ratings on a sparse design (each activity against ``k`` opponents, both orders; cached tournaments) with
-    each condition's subspaces ablated at every token, against the same design read from the unablated ``full``
-    tournament, so design noise is shared. Per condition: Spearman with the unablated sparse ratings and with
-    the full tournament's, the good-vs-bad d', the spread of the ratings (SD in Elo points) and the mean
+    each condition's subspaces ablated at every token, against the same design unablated (the same pairs, so
+    design noise is shared; every prompt run in full on both sides) and ``full``'s ratings. Per condition:
+    Spearman with the unablated sparse ratings and with the full tournament's, the good-vs-bad d', the spread of the ratings (SD in Elo points) and the mean
     absolute rating change per activity with a bootstrap CI over activities, and the cost on ``cost_texts``."""
     import torch
     from scipy.stats import spearmanr
@@ -1145,7 +1153,8 @@ def ablation_preferences(model: Model, activities: Sequence[str], categories: Se
 
     bridge, spec = model
     pairs = sparse_pairs(len(activities), k, seed)
-    clean = restrict(full, pairs)
+    # the ablated runs put hooks on every prompt, which runs it in full: so does the unablated reference
+    clean = tournament(model, activities, pairs, progress=False, prefix_reuse=False)
     full_r = bradley_terry(full.n, full.outcomes())
     base = bradley_terry(clean.n, clean.outcomes())
     out: dict[str, dict[str, Any]] = {}

@@ -415,7 +415,8 @@ def pleasant_choice(model: Model, pairs: Sequence[tuple[str, str]]) -> np.ndarra
 
     acts = [a for p in pairs for a in p]
     order = [(2 * k, 2 * k + 1) for k in range(len(pairs))] + [(2 * k + 1, 2 * k) for k in range(len(pairs))]
-    p = choice_probabilities(model, acts, order)
+    # compared with runs under steering hooks, which run every prompt in full: so does this one
+    p = choice_probabilities(model, acts, order, prefix_reuse=False)
     n = len(pairs)
     return (p[:n] + (1 - p[n:])) / 2
 
