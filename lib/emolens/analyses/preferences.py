@@ -299,6 +299,16 @@ def choice_prompt_spans(spec: Any, a: str, b: str) -> tuple[str, tuple[int, int]
     return prompt, token_span(spec, prompt, a0, a0 + len(a)), token_span(spec, prompt, b0, b0 + len(b))
 
 
+def _layers_digest(arrays: dict[int, Any]) -> str:
+    """A short content hash of per-layer arrays (as float32, in layer order), for cache keys."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for layer in sorted(arrays):
+        digest.update(np.asarray(arrays[layer], np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class ChoiceSteer:
     """Steering during a tournament: ``alpha`` x the typical residual norm of each layer along that layer's
@@ -313,14 +323,9 @@ class ChoiceSteer:
 
     def key(self) -> dict[str, Any]:
         """Everything that changes the steered numbers, for cache keys (directions by content hash)."""
-        import hashlib
-
-        digest = hashlib.sha256()
-        for layer in sorted(self.directions):
-            digest.update(np.asarray(self.directions[layer], np.float32).tobytes())
         return {"layers": sorted(self.directions), "alpha": float(self.alpha), "focal": sorted(self.focal),
                 "norms": {str(k): float(v) for k, v in sorted(self.norms.items())},
-                "directions": digest.hexdigest()[:16]}
+                "directions": _layers_digest(self.directions)}
 
 
 def emotion_steer(vectors: Any, emotion: str | None, layers: Sequence[int], alpha: float, focal: Sequence[int],
@@ -348,26 +353,26 @@ class ChoiceAblation:
 
     def key(self) -> dict[str, Any]:
         """Everything that changes the ablated numbers, for cache keys (bases by content hash)."""
-        import hashlib
-
-        digest = hashlib.sha256()
-        for layer in sorted(self.bases):
-            digest.update(np.asarray(self.bases[layer], np.float32).tobytes())
         return {"layers": sorted(self.bases), "dims": {str(k): int(np.atleast_2d(np.asarray(v)).shape[0])
                                                       for k, v in sorted(self.bases.items())},
-                "bases": digest.hexdigest()[:16]}
+                "bases": _layers_digest(self.bases)}
+
+    def tensors(self) -> dict[int, Any]:
+        """The bases as float32 tensors, as the ablation hooks take them."""
+        import torch
+
+        return {la: torch.as_tensor(np.asarray(b, np.float32)) for la, b in self.bases.items()}
 
 
 def _combined(model: Model, steer_part: BatchIntervention | None, ablate: ChoiceAblation | None) -> BatchIntervention | None:
     """One batch intervention from span steering and/or a whole-prompt ablation (ablation hooks go on first)."""
-    import torch
 
     from emolens.patching import ablation_by_layer
 
     if ablate is None:
         return steer_part
     bridge, spec = model
-    bases = {la: torch.as_tensor(np.asarray(b, np.float32)) for la, b in ablate.bases.items()}
+    bases = ablate.tensors()
 
     @contextmanager
     def enter(batch: list[int], lengths: list[int]) -> Iterator[None]:
@@ -1144,7 +1149,6 @@ def ablation_preferences(model: Model, activities: Sequence[str], categories: Se
     design noise is shared; every prompt run in full on both sides) and ``full``'s ratings. Per condition:
     Spearman with the unablated sparse ratings and with the full tournament's, the good-vs-bad d', the spread of the ratings (SD in Elo points) and the mean
     absolute rating change per activity with a bootstrap CI over activities, and the cost on ``cost_texts``."""
-    import torch
     from scipy.stats import spearmanr
     from tqdm.auto import tqdm
 
@@ -1171,7 +1175,7 @@ def ablation_preferences(model: Model, activities: Sequence[str], categories: Se
         if abl is not None:
             row["dims"] = abl.key()["dims"]
             if cost_texts:
-                bases = {la: torch.as_tensor(np.asarray(b, np.float32)) for la, b in abl.bases.items()}
+                bases = abl.tensors()
                 row["cost"] = intervention_cost(bridge, spec, list(cost_texts),
                                                 lambda bases=bases: ablation_by_layer(bridge, spec, bases))
         out[name] = row
