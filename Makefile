@@ -64,6 +64,7 @@ benchmark: setup
 	$(PY) benchmarks/bf16_agreement.py | tee benchmarks/results/bf16_agreement.txt
 	$(PY) benchmarks/preferences.py --json benchmarks/results/preferences-bf16.json
 	$(PY) benchmarks/patching.py --json benchmarks/results/patching.json > benchmarks/results/patching.txt
+	$(PY) benchmarks/patching_precision.py --json benchmarks/results/patching-precision.json
 	$(PY) benchmarks/distributed.py --n 160 --neutral-limit 40 --json benchmarks/results/distributed.json \
 	  > benchmarks/results/distributed.txt
 

@@ -1,8 +1,13 @@
-"""Patching speed: exact residual patching over every layer x position (from the first differing token) of the
-minimal pairs, and attribution patching over the same grid, against plain Hugging Face forwards of the same
-number of sequences in the same batches (the ratio is patched runs per second over plain forwards per second).
+"""Patching speed on every minimal pair: exact residual patching over every layer x position from the first
+edited token (replayed: only what each patch can change is computed), attribution patching over the same
+grid, and two references measured beside them, pair by pair:
 
-python benchmarks/patching.py [--pairs 48] [--batch-size 16] [--json out.json]
+- the same exact grid with every patched run in full (``replay=False``) on the first ``--full-pairs`` pairs,
+  for the speed-up and the largest difference between the two routes;
+- plain Hugging Face forwards of the corrupted input in batches of ``--batch-size`` (``--hf-batches`` per
+  pair), for the ratio of patched runs per second over plain forwards per second.
+
+python benchmarks/patching.py [--pairs 48] [--full-pairs 4] [--hf-batches 4] [--batch-size 16] [--json out.json]
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 
 def main() -> None:
     from extraction import plain_causal_lm  # the extraction benchmark's plain-HF helper (same folder)
+    from tqdm.auto import tqdm
 
     from emolens.analyses.patching import first_token, pair_cases
     from emolens.data.sets import load_minimal_pairs
@@ -25,12 +31,15 @@ def main() -> None:
         get_act_patch_resid_post,
         logit_diff_metric,
         readout_metric,
+        replay_blockers,
         run_with_cache,
     )
 
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--pairs", type=int, default=48)
+    p.add_argument("--full-pairs", type=int, default=4)
+    p.add_argument("--hf-batches", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json")
     a = p.parse_args()
@@ -39,32 +48,57 @@ def main() -> None:
     bridge, spec = model
     # speed does not depend on which direction is read: a fixed random one spares building the vectors
     direction = torch.randn(spec.d_model, generator=torch.Generator().manual_seed(0))
-    cases = [c for c in pair_cases(spec, load_minimal_pairs(), []) if c.pair.same_length][:a.pairs]
+    cases = pair_cases(spec, load_minimal_pairs(), [])[:a.pairs]
     hf = plain_causal_lm(a.model, "float32")
-    times = {"exact": 0.0, "attribution": 0.0, "plain_hf": 0.0}
-    runs = 0
-    for c in cases:
+    times = {"exact_replay": 0.0, "exact_full_sample": 0.0, "exact_replay_same_sample": 0.0, "attribution": 0.0,
+             "plain_hf_sample": 0.0}
+    runs = full_runs = hf_runs = 0
+    max_diff = {"readout": 0.0, "logit_diff": 0.0}
+    for i, c in enumerate(tqdm(cases, desc="pairs")):
         ms = {"readout": readout_metric(direction, spec.probe_layer, c.colon),
               "logit_diff": logit_diff_metric(first_token(spec, c.emotion), first_token(spec, c.other))}
         ids = list(c.pair.corrupt_ids)
         cache = run_with_cache(model, list(c.pair.clean_ids))
         positions = list(range(c.pair.first_diff, len(ids)))
+        n = spec.n_layers * sum(c.pair.partner[q] is not None for q in positions)  # patched runs in the grid
         t = time.perf_counter()
-        get_act_patch_resid_post(model, ids, cache, ms, positions=positions, batch_size=a.batch_size)
-        times["exact"] += time.perf_counter() - t
-        n = spec.n_layers * len(positions)
+        fast = get_act_patch_resid_post(model, ids, cache, ms, positions=positions, partner=c.pair.partner,
+                                        batch_size=a.batch_size)
+        dt = time.perf_counter() - t
+        times["exact_replay"] += dt
         runs += n
+        if i < a.full_pairs:
+            times["exact_replay_same_sample"] += dt
+            t = time.perf_counter()
+            full = get_act_patch_resid_post(model, ids, cache, ms, positions=positions, partner=c.pair.partner,
+                                            batch_size=a.batch_size, replay=False)
+            times["exact_full_sample"] += time.perf_counter() - t
+            full_runs += n
+            for j, name in enumerate(ms):
+                d = (fast.values[j] - full.values[j]).abs().nan_to_num(0.0).max()
+                max_diff[name] = max(max_diff[name], float(d))
         t = time.perf_counter()
-        attribution_patch_resid(model, ids, cache, ms)
+        attribution_patch_resid(model, ids, cache, ms, partner=c.pair.partner)
         times["attribution"] += time.perf_counter() - t
         x = torch.tensor([ids] * a.batch_size)
         t = time.perf_counter()
-        for _ in range(0, n, a.batch_size):
+        for _ in range(a.hf_batches):
             hf(input_ids=x)
-        times["plain_hf"] += time.perf_counter() - t
-    out = {"model": a.model, "pairs": len(cases), "patched_runs": runs, "threads": torch.get_num_threads(),
-           "seconds": times, "patched_runs_per_second": runs / times["exact"],
-           "ratio_patched_over_plain": times["plain_hf"] / times["exact"]}
+        times["plain_hf_sample"] += time.perf_counter() - t
+        hf_runs += a.hf_batches * a.batch_size
+    plain_rate = hf_runs / times["plain_hf_sample"]
+    out = {"model": a.model, "dtype": spec.dtype, "pairs": len(cases), "layers": spec.n_layers,
+           "threads": torch.get_num_threads(), "batch_size": a.batch_size, "replay_blockers": replay_blockers(model),
+           "patched_runs": runs, "seconds": times,
+           "patched_runs_per_second": runs / times["exact_replay"],
+           "plain_hf_forwards_per_second": plain_rate,
+           "ratio_patched_over_plain": runs / times["exact_replay"] / plain_rate,
+           "full_sample": {"pairs": min(a.full_pairs, len(cases)), "patched_runs": full_runs,
+                           "ratio_full_over_plain": full_runs / times["exact_full_sample"] / plain_rate
+                           if full_runs else None,
+                           "speedup_replay_over_full": times["exact_full_sample"] / times["exact_replay_same_sample"]
+                           if full_runs else None,
+                           "max_abs_diff_replay_vs_full": max_diff}}
     print(json.dumps(out, indent=1))
     if a.json:
         with open(a.json, "w") as f:

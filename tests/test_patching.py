@@ -363,6 +363,7 @@ def test_pick_cases_takes_every_kind_in_turn():
 
     cs = [SimpleNamespace(id=f"{k}{i}", kind=k) for k in ("word", "number", "negation") for i in range(3)]
     assert pick_cases(cs, 4) == ["word0", "number0", "negation0", "word1"]
+    assert sorted(pick_cases(cs, None)) == sorted(c.id for c in cs)
 
 
 def test_verdicts_need_enough_pairs_and_a_control():

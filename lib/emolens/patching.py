@@ -32,6 +32,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +45,10 @@ from emolens.models.spec import ModelError, ModelSpec
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
+log = logging.getLogger(__name__)
+# Largest relative difference allowed between a replayed and a full unpatched run's residuals (see _Replay.check):
+# float32 rounding gives about 1e-6; bf16/fp16 rounding about 1e-2 (measured: benchmarks/patching.py prints it).
+REPLAY_TOLERANCE = {"float32": 1e-4, "half": 5e-2}
 PATCH_SITES = ("resid_post", "resid_pre", "attn_out", "mlp_out")
 
 
@@ -60,11 +65,15 @@ class Metric:
 
     ``read_layers`` are the layers whose ``resid_post`` the metric reads; ``needs_logits=False`` lets the
     forward stop after the deepest read layer (patches below it are all that can matter then).
+    ``logit_positions`` (positions of the run, negative from the end) declares the only positions whose logits
+    ``fn`` reads: it then gets ``[b, len(logit_positions), vocab]``, those positions in that order, on every
+    path, and replayed runs unembed nothing else (the unembedding is a fifth of a small model's work).
     """
 
     fn: Callable[[Any, dict[int, Any]], Any]
     read_layers: tuple[int, ...] = ()
     needs_logits: bool = True
+    logit_positions: tuple[int, ...] | None = None
 
 
 def readout_metric(direction: Any, layer: int, position: int, measure: str = "cosine") -> Metric:
@@ -100,10 +109,10 @@ def logit_diff_metric(good: int | Sequence[int], bad: int | Sequence[int], posit
         raise PatchingError("logit_diff_metric needs at least one good and one bad token")
 
     def fn(logits: Any, resid: dict[int, Any]) -> Any:
-        lp = torch.log_softmax(logits[:, position].float(), -1)
+        lp = torch.log_softmax(logits[:, 0].float(), -1)  # the one declared position
         return torch.logsumexp(lp[:, g], -1) - torch.logsumexp(lp[:, b], -1)
 
-    return Metric(fn, (), needs_logits=True)
+    return Metric(fn, (), needs_logits=True, logit_positions=(position,))
 
 
 def _metrics(metrics: Metric | Mapping[str, Metric]) -> dict[str, Metric]:
@@ -180,9 +189,17 @@ def run_metrics(bridge: TransformerBridge, spec: ModelSpec, ids: Any, metrics: M
     ctx = torch.enable_grad() if grad else torch.inference_mode()
     with ctx, bridge.hooks(fwd_hooks=hooks), maybe_hf_internals(bridge):
         logits = bridge(ids.to(spec.device), return_type="logits" if need_logits else None, stop_at_layer=stop)
-        cols = [torch.as_tensor(m.fn(logits, resid)).reshape(-1) for m in metrics.values()]
+        cols = [torch.as_tensor(m.fn(_declared(logits, m), resid)).reshape(-1) for m in metrics.values()]
         vals = torch.stack(cols, -1) if cols else torch.zeros((ids.shape[0], 0))
     return vals, captured
+
+
+def _declared(logits: Any, m: Metric) -> Any:
+    """The logits a metric gets: all of them, or only its declared positions (in order)."""
+    if logits is None or m.logit_positions is None:
+        return logits
+    T = logits.shape[1]
+    return logits[:, [p % T if -T <= p < T else _bad_position(p, T) for p in m.logit_positions]]
 
 
 def run_with_cache(model: Any, ids: Sequence[int] | Any, sites: Sequence[str] = ("resid_post",),
@@ -408,12 +425,18 @@ def _partner(partner: Sequence[int | None] | None, T: int, n_clean: int) -> list
 def generic_activation_patch(model: Any, corrupted_ids: Sequence[int] | Any, clean_cache: Mapping[str, Any],
                              metrics: Metric | Mapping[str, Metric], patches: Sequence[Patch], site: str = "resid_post",
                              setter: Setter = full_setter, partner: Sequence[int | None] | None = None,
-                             batch_size: int = 16, progress: bool = False) -> tuple[Any, Any]:
+                             batch_size: int = 16, progress: bool = False, replay: bool = True) -> tuple[Any, Any]:
     """Run the corrupted input once per patch (``batch_size`` patched runs per forward) and evaluate the metrics.
 
     Returns ``(values [metric, n_patches], corrupt [metric])``. A patch whose positions have no clean partner
     gives NaN; a patch that changes nothing (clean equals corrupted there, as on a shared prefix) is not run
     and gets the unpatched values, which is what running it would give.
+
+    With ``replay`` (and nothing in :func:`replay_blockers`), a batch of ``resid_post`` patches runs only what
+    they can change: from the block after its lowest patched layer, on the positions from the earliest patched
+    one, with the rest taken from the corrupted run (its residuals and its prefix's key/value cache). Equal to
+    running every patch in full up to floating-point rounding; a check run of the unpatched input through that
+    path must give the unpatched values first, or every patch runs in full (with a warning saying why).
     """
     import einops
     import torch
@@ -429,7 +452,10 @@ def generic_activation_patch(model: Any, corrupted_ids: Sequence[int] | Any, cle
     for name in names.values():
         n_clean = _check_cache(clean_cache, name, None, spec.d_model).shape[0]
     part = _partner(partner, T, n_clean if n_clean is not None else T)
-    base, corrupt_cache = run_metrics(bridge, spec, ids[None], ms, capture=list(names.values()))
+    fast = replay and not replay_blockers(model, site)
+    extra = _replay_layers(spec, ms) if fast else []
+    base, corrupt_cache = run_metrics(bridge, spec, ids[None], ms,
+                                      capture=sorted(set(names.values()) | {site_hook(la, site) for la in extra}))
     base = base[0].float().cpu()
     corrupt_cache = {k: v[0].float().cpu() for k, v in corrupt_cache.items()}
     out = torch.full((len(ms), len(patches)), float("nan"))
@@ -447,7 +473,11 @@ def generic_activation_patch(model: Any, corrupted_ids: Sequence[int] | Any, cle
             continue
         todo.append((i, layer, pos, src))
     bar = tqdm(total=len(todo), desc="patching", disable=not progress, leave=False)
-    for start in range(0, len(todo), batch_size):
+    if fast and todo:
+        todo.sort(key=lambda c: (c[1], c[2]))  # batches of one layer start as high as they can
+        run = _Replay(model, ids, ms, corrupt_cache, clean_cache, setter, min(min(c[2]) for c in todo))
+        fast = run.check(todo[len(todo) // 2][1])
+    for start in range(0, len(todo) if not fast else 0, batch_size):
         chunk = todo[start:start + batch_size]
         batch = einops.repeat(ids, "t -> b t", b=len(chunk))
         hooks = []
@@ -457,6 +487,12 @@ def generic_activation_patch(model: Any, corrupted_ids: Sequence[int] | Any, cle
         vals, _ = run_metrics(bridge, spec, batch, ms, fwd_hooks=hooks)
         for r, c in enumerate(chunk):
             out[:, c[0]] = vals[r].float().cpu()
+        bar.update(len(chunk))
+    for start in range(0, len(todo) if fast else 0, batch_size):
+        chunk = todo[start:start + batch_size]
+        vals = run.batch([(c[1], c[2], c[3]) for c in chunk])
+        for r, c in enumerate(chunk):
+            out[:, c[0]] = vals[r]
         bar.update(len(chunk))
     bar.close()
     return out, base
@@ -482,6 +518,142 @@ def _patch_hook(rows: list[tuple[int, list[int], list[int]]], clean: Any, setter
     return hook
 
 
+def replay_blockers(model: Any, site: str = "resid_post") -> list[str]:
+    """Why :func:`generic_activation_patch` would run every patch in full instead of replaying only what it
+    can change (empty when it will replay)."""
+    from emolens.replay import block_skip_blockers
+
+    reasons = [] if site == "resid_post" else [f"site {site!r}: only resid_post patches are replayed"]
+    return reasons + block_skip_blockers(model[0])
+
+
+def _replay_layers(spec: ModelSpec, ms: Mapping[str, Metric]) -> list[int]:
+    """Layers whose corrupted ``resid_post`` a replay reads besides the patched ones: the metrics' and, when a
+    metric reads logits, the last."""
+    reads = {layer for m in ms.values() for layer in m.read_layers}
+    if any(m.needs_logits for m in ms.values()):
+        reads.add(spec.n_layers - 1)
+    return sorted(reads)
+
+
+class _Replay:
+    """Patched runs of one corrupted input that compute only what their patches can change: blocks above the
+    lowest patched layer of a batch, positions from the earliest patched one (``first``) on. Everything else
+    is the corrupted run's: its residuals (``corrupt``, float32 ``[T, d]`` per hook name) and the key/value
+    cache of its first ``first`` tokens."""
+
+    def __init__(self, model: Any, ids: Any, ms: Mapping[str, Metric], corrupt: Mapping[str, Any],
+                 clean: Mapping[str, Any], setter: Setter, first: int) -> None:
+        from emolens.replay import prefix_cache
+
+        self.bridge, self.spec = model
+        self.ms, self.corrupt, self.clean, self.setter = ms, corrupt, clean, setter
+        self.T, self.n = len(ids), first
+        self.dtype = next(self.bridge.parameters()).dtype
+        self.cache = prefix_cache(self.bridge, self.spec, ids[:first].tolist()) if first > 0 else None
+        self.reads = sorted({layer for m in ms.values() for layer in m.read_layers})
+        self.logits = any(m.needs_logits for m in ms.values())
+        self.deepest = self.spec.n_layers - 1 if self.logits else max(self.reads, default=self.spec.n_layers - 1)
+
+    def _act(self, layer: int) -> Any:
+        return self.corrupt[site_hook(layer, "resid_post")]
+
+    def check(self, layer: int) -> bool:
+        """Replay the unpatched input from the block above ``layer``: block outputs at the deepest layer needed
+        must match the corrupted run's to rounding (relative error of the suffix's residuals), or the route
+        does not fit this model. Residuals, not metric values: a logit difference in bf16 moves by rounding
+        alone, while a wrong mask or position shows in every residual."""
+        import torch
+
+        layer = min(layer, self.deepest - 1)
+        if layer < 0:
+            return True
+        try:
+            suffix, _ = self._run([(layer, [], [])])
+        except Exception as e:  # an architecture the route does not fit: run in full, say why
+            log.warning("patching replay off (%s: %s); every patch runs in full", type(e).__name__, e)
+            return False
+        ref = self._act(self.deepest)[self.n:]
+        rel = float((suffix[self.deepest][0].float().cpu() - ref).norm() / ref.norm().clamp(min=1e-12))
+        tol = REPLAY_TOLERANCE["float32" if self.dtype == torch.float32 else "half"]
+        if rel <= tol:
+            return True
+        log.warning("patching replay off: the unpatched input replayed from block %d differs from its full run by "
+                    "%.2g (relative, block %d; allowed %.0e); every patch runs in full", layer + 1, rel,
+                    self.deepest, tol)
+        return False
+
+    def batch(self, rows: Sequence[tuple[int, list[int], list[int]]]) -> Any:
+        """Metric values ``[len(rows), metric]`` (float32) of patched runs given as (layer, corrupted positions,
+        clean positions)."""
+        return self._values(*self._run(rows), len(rows))
+
+    def _run(self, rows: Sequence[tuple[int, list[int], list[int]]]) -> tuple[dict[int, Any], int]:
+        """The replayed suffix's block outputs ``{layer: [b, S, d]}`` (at the metrics' layers above the lowest
+        patched one, and at that one) and the lowest patched layer."""
+        from emolens.replay import repeated, run_blocks
+
+        b, n = len(rows), self.n
+        low = min(r[0] for r in rows)
+        x = self._act(low)[n:].expand(b, -1, -1).clone()  # block `low`'s output on the suffix, per row
+        for r, (layer, pos, src) in enumerate(rows):
+            if layer == low and pos:
+                q = [p - n for p in pos]
+                x[r, q] = self.setter(x[r, q], self.clean[site_hook(layer, "resid_post")][src].float())
+        suffix = {low: x}
+        if low < self.deepest:
+            hooks = []
+            for layer in sorted({r[0] for r in rows if r[0] > low}):
+                sel = [(r, [p - n for p in pos], src) for r, (la, pos, src) in enumerate(rows) if la == layer]
+                hooks.append((site_hook(layer, "resid_post"),
+                              _patch_hook(sel, self.clean[site_hook(layer, "resid_post")], self.setter)))
+            hooks += [(site_hook(la, "resid_post"), _store(suffix, la)) for la in self.reads if low < la < self.deepest]
+            cache = repeated(self.cache, b) if self.cache is not None else None
+            suffix[self.deepest] = run_blocks(self.bridge, self.spec, x.to(self.spec.device, self.dtype), low + 1,
+                                              self.deepest, cache, n, hooks)
+        return suffix, low
+
+    def _full(self, layer: int, suffix: Mapping[int, Any], b: int, low: int) -> Any:
+        """Residual ``[b, T, d]`` (float32, CPU) after block ``layer``: the corrupted run's below the replay,
+        its prefix beside the replayed suffix above."""
+        import torch
+
+        if layer < low:
+            return self._act(layer).expand(b, -1, -1)
+        head = self._act(layer)[:self.n].expand(b, -1, -1)
+        return torch.cat([head, suffix[layer].float().cpu()], 1)
+
+    def _values(self, suffix: Mapping[int, Any], low: int, b: int) -> Any:
+        import torch
+
+        from emolens.replay import final_logits
+
+        resid = {la: self._full(la, suffix, b, low) for la in self.reads}
+        last = self._full(self.spec.n_layers - 1, suffix, b, low) if self.logits else None
+        at: dict[int, Any] = {}  # position -> logits [b, vocab], unembedded once however many metrics read it
+        cols = []
+        for m in self.ms.values():
+            lg = None
+            if m.needs_logits and m.logit_positions is not None:
+                idx = [p % self.T if -self.T <= p < self.T else _bad_position(p, self.T) for p in m.logit_positions]
+                for p in idx:
+                    if p not in at:
+                        at[p] = final_logits(self.bridge, last[:, p].to(self.spec.device, self.dtype))
+                lg = torch.stack([at[p] for p in idx], 1)
+            elif m.needs_logits:
+                with torch.inference_mode():
+                    lg = self.bridge.unembed(self.bridge.ln_final(last.to(self.spec.device, self.dtype))).float()
+            cols.append(torch.as_tensor(m.fn(lg, resid)).reshape(-1).float().cpu())
+        return torch.stack(cols, -1)
+
+
+def _store(store: dict[int, Any], layer: int) -> Any:
+    def hook(x: Any, hook: Any) -> Any:
+        store[layer] = x
+        return x
+    return hook
+
+
 def _basis(spec: ModelSpec, basis: Any | None) -> Any | None:
     """``None`` or an orthonormal ``[k, d]`` basis of the given direction(s) (refuses a wrong width)."""
     if basis is None:
@@ -492,7 +664,7 @@ def _basis(spec: ModelSpec, basis: Any | None) -> Any | None:
 def _grid(model: Any, corrupted_ids: Any, clean_cache: Mapping[str, Any], metrics: Any, site: str,
           layers: Sequence[int] | None, positions: Sequence[int] | None, per_position: bool, basis: Any | None,
           partner: Sequence[int | None] | None, clean_metrics: Any | None, batch_size: int,
-          progress: bool) -> PatchGrid:
+          progress: bool, replay: bool = True) -> PatchGrid:
     import einops
 
     _, spec = model
@@ -511,7 +683,7 @@ def _grid(model: Any, corrupted_ids: Any, clean_cache: Mapping[str, Any], metric
         every = tuple(range(T)) if partner is None else tuple(p for p, x in enumerate(partner) if x is not None)
         patches = [Patch(layer, every) for layer in ls]
     vals, base = generic_activation_patch(model, corrupted_ids, clean_cache, ms, patches, site, setter, partner,
-                                          batch_size, progress)
+                                          batch_size, progress, replay)
     if per_position:
         vals = einops.rearrange(vals, "m (l p) -> m l p", l=len(ls))
     return PatchGrid(vals, ("layer", "pos") if per_position else ("layer",), tuple(ms), base,
@@ -540,20 +712,22 @@ def get_act_patch_resid_post(model: Any, corrupted_ids: Any, clean_cache: Mappin
                              layers: Sequence[int] | None = None, positions: Sequence[int] | None = None,
                              basis: Any | None = None, partner: Sequence[int | None] | None = None,
                              clean_metrics: Any | None = None, batch_size: int = 16,
-                             progress: bool = False) -> PatchGrid:
+                             progress: bool = False, replay: bool = True) -> PatchGrid:
     """Patch the block output of each layer at each position singly: ``values [metric, layer, pos]``.
-    ``basis`` (a direction ``[d]`` or rows ``[k, d]``) patches only the component in their span."""
+    ``basis`` (a direction ``[d]`` or rows ``[k, d]``) patches only the component in their span. ``replay``
+    computes only what each patch can change (see :func:`generic_activation_patch`); False runs each in full."""
     return _grid(model, corrupted_ids, clean_cache, metrics, "resid_post", layers, positions, True, basis, partner,
-                 clean_metrics, batch_size, progress)
+                 clean_metrics, batch_size, progress, replay)
 
 
 def get_act_patch_resid_post_by_layer(model: Any, corrupted_ids: Any, clean_cache: Mapping[str, Any], metrics: Any,
                                       layers: Sequence[int] | None = None, basis: Any | None = None,
                                       partner: Sequence[int | None] | None = None, clean_metrics: Any | None = None,
-                                      batch_size: int = 16, progress: bool = False) -> PatchGrid:
+                                      batch_size: int = 16, progress: bool = False,
+                                      replay: bool = True) -> PatchGrid:
     """Patch the block output of each layer at every position that has a clean partner: ``[metric, layer]``."""
     return _grid(model, corrupted_ids, clean_cache, metrics, "resid_post", layers, None, False, basis, partner,
-                 clean_metrics, batch_size, progress)
+                 clean_metrics, batch_size, progress, replay)
 
 
 def get_act_patch_attn_out(model: Any, corrupted_ids: Any, clean_cache: Mapping[str, Any], metrics: Any,
@@ -709,7 +883,7 @@ __all__ = ["AlignedPair", "Metric", "Patch", "PatchGrid", "PatchingError", "Mode
            "check_direction", "clean_metric_values", "directional_setter", "edit_span", "full_setter",
            "generic_activation_patch", "get_act_patch_attn_out", "get_act_patch_mlp_out",
            "get_act_patch_resid_post", "get_act_patch_resid_post_by_layer", "logit_diff_metric", "random_subspace",
-           "readout_metric", "run_metrics", "run_with_cache", "site_hook", "subspace_means"]
+           "readout_metric", "replay_blockers", "run_metrics", "run_with_cache", "site_hook", "subspace_means"]
 
 
 def stack_bases(bases: Sequence[Any], spec: ModelSpec) -> Any:

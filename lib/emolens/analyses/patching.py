@@ -716,9 +716,11 @@ def ablation_summary(effects: Mapping[str, Any], n_boot: int = 1000) -> dict[str
 # ---- choosing pairs and stating what holds ------------------------------------------------------------------
 
 
-def pick_cases(cases: Sequence[PairCase], n: int) -> list[str]:
+def pick_cases(cases: Sequence[PairCase], n: int | None) -> list[str]:
     """``n`` case ids taken in turn from each kind (word, number, negation), so a small exact sample still
-    covers every kind of edit; the order within a kind is the file's."""
+    covers every kind of edit; the order within a kind is the file's. ``None``: every case, in that order."""
+    if n is None:
+        n = len(cases)
     by_kind: dict[str, list[str]] = {}
     for c in cases:
         by_kind.setdefault(c.kind, []).append(c.id)

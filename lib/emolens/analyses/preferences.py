@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from emolens.replay import cache_keyword, final_logits, prefix_cache, repeated
+
 if TYPE_CHECKING:
     import torch
 
@@ -82,14 +84,6 @@ def last_position_logits(model: Model, prompts: Sequence[str], batch_size: int =
     return _full_prompt_logits(model, seqs, batch_size, intervention, progress)
 
 
-def _final_logits(bridge: Any, resid: torch.Tensor) -> torch.Tensor:
-    """Final norm and unembedding of residuals ``[b, d]`` (one position per prompt): float32 logits on the CPU."""
-    import torch
-
-    with torch.inference_mode():
-        return bridge.unembed(bridge.ln_final(resid[:, None]))[:, 0].float().cpu()
-
-
 def _full_prompt_logits(model: Model, seqs: list[list[int]], batch_size: int,
                         intervention: BatchIntervention | None, progress: bool) -> torch.Tensor:
     """Every prompt run in full, batch by batch, through :func:`emolens.activations.forward_layers`."""
@@ -147,16 +141,8 @@ def shared_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
     return max(0, min(common, min(len(s) for s in seqs) - 1))
 
 
-def _cache_keyword(bridge: Any) -> str | None:
-    """The name under which the bridge's HF model takes a key/value cache, or None if it takes none."""
-    import inspect
-
-    hf = getattr(bridge, "original_model", None)
-    try:
-        params = inspect.signature(hf.forward).parameters
-    except (AttributeError, TypeError, ValueError):
-        return None
-    return next((k for k in ("cache", "past_key_values") if k in params), None)
+_cache_keyword = cache_keyword  # module-level names, so tests can stand in for them
+_final_logits = final_logits
 
 
 def _attached_hooks(bridge: Any) -> list[str]:
@@ -220,16 +206,7 @@ def _last_block_output(bridge: Any, spec: Any, ids: torch.Tensor, mask: torch.Te
 
 def _prefix_cache(bridge: Any, spec: Any, prefix: Sequence[int]) -> Any:
     """The key/value cache of ``prefix`` (batch 1), checked to hold all of it at every layer."""
-    import torch
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=bridge.original_model.config)  # the config gives sliding-window layers their type
-    ids = torch.tensor([list(prefix)], dtype=torch.long)
-    _last_block_output(bridge, spec, ids, torch.ones_like(ids), torch.arange(len(prefix))[None], cache)
-    held = {cache.get_seq_length(k) for k in range(len(cache.layers))}
-    if held != {len(prefix)}:
-        raise RuntimeError(f"the prefix run left {sorted(held)} tokens in the cache, not {len(prefix)}")
-    return cache
+    return prefix_cache(bridge, spec, prefix)
 
 
 def _suffix_batch(seqs: Sequence[Sequence[int]], n_prefix: int, pad: int) -> tuple[torch.Tensor, ...]:
@@ -256,8 +233,6 @@ def shared_prefix_logits(model: Model, seqs: Sequence[Sequence[int]], batch_size
     that cache repeated to the batch size (positions continue after the prefix; the mask covers prefix and
     suffix). Equal to running every prompt in full up to floating-point rounding. Raises when the model cannot
     take a cache (see :func:`prefix_reuse_blockers`; :func:`last_position_logits` then falls back)."""
-    import copy
-
     import torch
     from tqdm.auto import tqdm
 
@@ -274,9 +249,7 @@ def shared_prefix_logits(model: Model, seqs: Sequence[Sequence[int]], batch_size
     for batch in length_batches([len(s) for s in seqs], batch_size):
         ids, mask, positions, ends = _suffix_batch([seqs[i] for i in batch], n_prefix, pad)
         with torch.inference_mode():
-            cache = copy.deepcopy(prefix)  # each run appends its suffix to the cache it gets
-            cache.batch_repeat_interleave(len(batch))
-            resid = _last_block_output(bridge, spec, ids, mask, positions, cache)
+            resid = _last_block_output(bridge, spec, ids, mask, positions, repeated(prefix, len(batch)))
         logits = _final_logits(bridge, resid[torch.arange(len(batch), device=resid.device), ends.to(resid.device)])
         if out is None:
             out = torch.zeros((len(seqs), logits.shape[-1]))
