@@ -13,7 +13,6 @@ python benchmarks/patching.py [--pairs 48] [--full-pairs 4] [--hf-batches 4] [--
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -21,6 +20,7 @@ import torch
 
 def main() -> None:
     from extraction import plain_causal_lm  # the extraction benchmark's plain-HF helper (same folder)
+    from report import emit  # same folder
     from tqdm.auto import tqdm
 
     from emolens.analyses.patching import first_token, pair_cases
@@ -99,10 +99,7 @@ def main() -> None:
                            "speedup_replay_over_full": times["exact_full_sample"] / times["exact_replay_same_sample"]
                            if full_runs else None,
                            "max_abs_diff_replay_vs_full": max_diff}}
-    print(json.dumps(out, indent=1))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+    emit(out, a.json)
 
 
 if __name__ == "__main__":

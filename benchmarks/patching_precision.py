@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 
 import torch
 
 
 def main() -> None:
+    from report import emit  # same folder
+
     from emolens.analyses.patching import first_token, pair_cases
     from emolens.data.sets import load_minimal_pairs
     from emolens.models import load_model
@@ -56,10 +57,7 @@ def main() -> None:
                 row[m] = max(row[m], float((eff[x][j] - eff[y][j]).abs().max()))
     out = {"model": a.model, "pairs": [c.id for c in cases], "layers": layers, "threads": torch.get_num_threads(),
            "largest_fp32_effect": largest, "largest_difference_in_effect": worst}
-    print(json.dumps(out, indent=1))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+    emit(out, a.json)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ python benchmarks/preferences.py [--dtype bfloat16] [--pairs 4032] [--json out.j
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -21,6 +20,7 @@ import torch
 
 def main() -> None:
     from extraction import padded, plain_causal_lm  # the extraction benchmark's plain-HF helpers (same folder)
+    from report import emit  # same folder
 
     from emolens.activations import length_batches
     from emolens.analyses.preferences import (
@@ -81,10 +81,7 @@ def main() -> None:
            "ratio_emolens_no_prefix_over_plain": times["plain_hf"] / times["emolens_no_prefix"],
            "speedup_prefix_reuse": times["emolens_no_prefix"] / times["emolens"],
            "max_abs_diff_prefix_vs_no_prefix": diff}
-    print(json.dumps(out, indent=1))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+    emit(out, a.json)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,8 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 log = logging.getLogger(__name__)
-# Largest relative difference allowed between a replayed and a full unpatched run's residuals (see _Replay.check):
-# float32 rounding gives about 1e-6; bf16/fp16 rounding about 1e-2 (measured: benchmarks/patching.py prints it).
+# Largest relative difference allowed between a replayed and a full unpatched run's residuals (see _Replay.check).
+# Rounding alone gives about 1e-6 in float32 and 1.4-1.7e-2 in bf16 (SmolLM2, 12 minimal pairs, 2026-12-02).
 REPLAY_TOLERANCE = {"float32": 1e-4, "half": 5e-2}
 PATCH_SITES = ("resid_post", "resid_pre", "attn_out", "mlp_out")
 
@@ -199,7 +199,7 @@ def _declared(logits: Any, m: Metric) -> Any:
     if logits is None or m.logit_positions is None:
         return logits
     T = logits.shape[1]
-    return logits[:, [p % T if -T <= p < T else _bad_position(p, T) for p in m.logit_positions]]
+    return logits[:, [_position(p, T) for p in m.logit_positions]]
 
 
 def run_with_cache(model: Any, ids: Sequence[int] | Any, sites: Sequence[str] = ("resid_post",),
@@ -435,8 +435,9 @@ def generic_activation_patch(model: Any, corrupted_ids: Sequence[int] | Any, cle
     With ``replay`` (and nothing in :func:`replay_blockers`), a batch of ``resid_post`` patches runs only what
     they can change: from the block after its lowest patched layer, on the positions from the earliest patched
     one, with the rest taken from the corrupted run (its residuals and its prefix's key/value cache). Equal to
-    running every patch in full up to floating-point rounding; a check run of the unpatched input through that
-    path must give the unpatched values first, or every patch runs in full (with a warning saying why).
+    running every patch in full up to floating-point rounding; the unpatched input replayed through that path
+    must first match its full run's residuals (``REPLAY_TOLERANCE``), or every patch runs in full (with a
+    warning saying why).
     """
     import einops
     import torch
@@ -462,7 +463,7 @@ def generic_activation_patch(model: Any, corrupted_ids: Sequence[int] | Any, cle
     todo: list[tuple[int, int, list[int], list[int]]] = []  # (patch index, layer, corrupted positions, clean ones)
     for i, p in enumerate(patches):
         layer = spec.check_layer(p.layer)
-        pos = [q % T if -T <= q < T else _bad_position(q, T) for q in p.positions]
+        pos = [_position(q, T) for q in p.positions]
         if any(part[q] is None for q in pos):
             continue
         src = [int(part[q]) for q in pos]  # type: ignore[arg-type]
@@ -477,29 +478,39 @@ def generic_activation_patch(model: Any, corrupted_ids: Sequence[int] | Any, cle
         todo.sort(key=lambda c: (c[1], c[2]))  # batches of one layer start as high as they can
         run = _Replay(model, ids, ms, corrupt_cache, clean_cache, setter, min(min(c[2]) for c in todo))
         fast = run.check(todo[len(todo) // 2][1])
-    for start in range(0, len(todo) if not fast else 0, batch_size):
-        chunk = todo[start:start + batch_size]
-        batch = einops.repeat(ids, "t -> b t", b=len(chunk))
-        hooks = []
-        for layer in sorted({c[1] for c in chunk}):
-            rows = [(r, c[2], c[3]) for r, c in enumerate(chunk) if c[1] == layer]
-            hooks.append((names[layer], _patch_hook(rows, clean_cache[names[layer]], setter)))
-        vals, _ = run_metrics(bridge, spec, batch, ms, fwd_hooks=hooks)
-        for r, c in enumerate(chunk):
+    for start in range(0, len(todo), batch_size):
+        rows = [(c[1], c[2], c[3]) for c in todo[start:start + batch_size]]
+        if fast:
+            vals = run.batch(rows)
+        else:
+            batch = einops.repeat(ids, "t -> b t", b=len(rows))
+            vals = run_metrics(bridge, spec, batch, ms, fwd_hooks=_patch_hooks(rows, clean_cache, site, setter))[0]
+        for r, c in enumerate(todo[start:start + batch_size]):
             out[:, c[0]] = vals[r].float().cpu()
-        bar.update(len(chunk))
-    for start in range(0, len(todo) if fast else 0, batch_size):
-        chunk = todo[start:start + batch_size]
-        vals = run.batch([(c[1], c[2], c[3]) for c in chunk])
-        for r, c in enumerate(chunk):
-            out[:, c[0]] = vals[r]
-        bar.update(len(chunk))
+        bar.update(len(rows))
     bar.close()
     return out, base
 
 
+def _patch_hooks(rows: Sequence[tuple[int, list[int], list[int]]], clean_cache: Mapping[str, Any], site: str,
+                 setter: Setter, shift: int = 0, above: int = -1) -> list[tuple[str, Any]]:
+    """Hooks writing each batch row's patch, given as (layer, corrupted positions, clean positions): one hook per
+    layer above ``above``, its positions moved by ``-shift`` (a replay runs only the suffix from ``shift``)."""
+    hooks = []
+    for layer in sorted({r[0] for r in rows if r[0] > above}):
+        sel = [(i, [p - shift for p in pos], src) for i, (la, pos, src) in enumerate(rows) if la == layer]
+        name = site_hook(layer, site)
+        hooks.append((name, _patch_hook(sel, clean_cache[name], setter)))
+    return hooks
+
+
 def _bad_position(q: int, T: int) -> int:
     raise PatchingError(f"position {q} is out of range for a corrupted run of {T} tokens")
+
+
+def _position(q: int, T: int) -> int:
+    """Position ``q`` of a run of ``T`` tokens (negative from the end) as an index ``0..T-1``; refuses others."""
+    return q % T if -T <= q < T else _bad_position(q, T)
 
 
 def _patch_hook(rows: list[tuple[int, list[int], list[int]]], clean: Any, setter: Setter) -> Any:
@@ -602,11 +613,7 @@ class _Replay:
                 x[r, q] = self.setter(x[r, q], self.clean[site_hook(layer, "resid_post")][src].float())
         suffix = {low: x}
         if low < self.deepest:
-            hooks = []
-            for layer in sorted({r[0] for r in rows if r[0] > low}):
-                sel = [(r, [p - n for p in pos], src) for r, (la, pos, src) in enumerate(rows) if la == layer]
-                hooks.append((site_hook(layer, "resid_post"),
-                              _patch_hook(sel, self.clean[site_hook(layer, "resid_post")], self.setter)))
+            hooks = _patch_hooks(rows, self.clean, "resid_post", self.setter, shift=n, above=low)
             hooks += [(site_hook(la, "resid_post"), _store(suffix, la)) for la in self.reads if low < la < self.deepest]
             cache = repeated(self.cache, b) if self.cache is not None else None
             suffix[self.deepest] = run_blocks(self.bridge, self.spec, x.to(self.spec.device, self.dtype), low + 1,
@@ -635,7 +642,7 @@ class _Replay:
         for m in self.ms.values():
             lg = None
             if m.needs_logits and m.logit_positions is not None:
-                idx = [p % self.T if -self.T <= p < self.T else _bad_position(p, self.T) for p in m.logit_positions]
+                idx = [_position(p, self.T) for p in m.logit_positions]
                 for p in idx:
                     if p not in at:
                         at[p] = final_logits(self.bridge, last[:, p].to(self.spec.device, self.dtype))
@@ -673,8 +680,7 @@ def _grid(model: Any, corrupted_ids: Any, clean_cache: Mapping[str, Any], metric
     T = len(_ids(spec, corrupted_ids, "corrupted_ids"))
     pos = list(range(T)) if positions is None else [int(p) for p in positions]
     for p in pos:
-        if not -T <= p < T:
-            _bad_position(p, T)
+        _position(p, T)  # refuses a position outside the run
     q = _basis(spec, basis)
     setter = full_setter if q is None else directional_setter(q)
     if per_position:

@@ -124,26 +124,39 @@ def run_blocks(bridge: Any, spec: Any, resid: torch.Tensor, start: int, stop: in
     return grabbed[0]
 
 
-def prefix_cache(bridge: Any, spec: Any, prefix: Sequence[int]) -> Any:
-    """The key/value cache of token ids ``prefix`` (batch 1) at every layer, checked to hold all of it."""
+def last_block_output(bridge: Any, spec: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                      cache: Any) -> torch.Tensor:
+    """Residual ``[b, T, d]`` after the last block for token ids ``ids`` continuing ``cache`` (which the run
+    extends), stopped there: the final norm and unembedding never run."""
     import torch
     from transformer_lens.model_bridge.exceptions import StopAtLayerException
-    from transformers import DynamicCache
 
     from emolens.activations import hook_name
     from emolens.fastpath import hf_internals
 
-    cache = DynamicCache(config=bridge.original_model.config)  # the config gives sliding-window layers their type
-    ids = torch.tensor([list(prefix)], dtype=torch.long, device=spec.device)
-
-    def stop(x: torch.Tensor, hook: Any) -> None:
-        raise StopAtLayerException(x)
-
     last = spec.n_layers - 1
-    with torch.inference_mode(), hf_internals(bridge):
-        bridge.run_with_hooks(ids, fwd_hooks=[(hook_name(last), stop)], attention_mask=torch.ones_like(ids),
-                              position_ids=torch.arange(len(prefix), device=spec.device)[None], return_type=None,
-                              stop_at_layer=last + 1, **{cache_keyword(bridge) or "past_key_values": cache})
+    grabbed: list[torch.Tensor] = []
+
+    def stop(resid: torch.Tensor, hook: Any) -> None:
+        grabbed.append(resid)
+        raise StopAtLayerException(resid)
+
+    dev = spec.device
+    with torch.inference_mode(), hf_internals(bridge):  # strict: never the slow path, which ignores the cache
+        bridge.run_with_hooks(ids.to(dev), fwd_hooks=[(hook_name(last), stop)], attention_mask=mask.to(dev),
+                              position_ids=positions.to(dev), return_type=None, stop_at_layer=last + 1,
+                              **{cache_keyword(bridge) or "past_key_values": cache})
+    return grabbed[0]
+
+
+def prefix_cache(bridge: Any, spec: Any, prefix: Sequence[int]) -> Any:
+    """The key/value cache of token ids ``prefix`` (batch 1) at every layer, checked to hold all of it."""
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=bridge.original_model.config)  # the config gives sliding-window layers their type
+    ids = torch.tensor([list(prefix)], dtype=torch.long)
+    last_block_output(bridge, spec, ids, torch.ones_like(ids), torch.arange(len(prefix))[None], cache)
     held = {cache.get_seq_length(k) for k in range(len(cache.layers))}
     if held != {len(prefix)}:
         raise RuntimeError(f"the prefix run left {sorted(held)} tokens in the cache, not {len(prefix)}")

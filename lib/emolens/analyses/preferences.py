@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from emolens.replay import cache_keyword, final_logits, prefix_cache, repeated
+from emolens.replay import cache_keyword, final_logits, last_block_output, prefix_cache, repeated
 
 if TYPE_CHECKING:
     import torch
@@ -108,7 +108,7 @@ def _full_prompt_logits(model: Model, seqs: list[list[int]], batch_size: int,
         with ctx:
             forward_layers(bridge, spec, [seqs[i] for i in batch], [last], "resid_post", on_layer)
         bar.update(len(batch))
-        logits = _final_logits(bridge, grabbed[0])
+        logits = final_logits(bridge, grabbed[0])
         if out is None:
             out = torch.zeros((len(seqs), logits.shape[-1]))
         out[batch] = logits
@@ -141,8 +141,7 @@ def shared_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
     return max(0, min(common, min(len(s) for s in seqs) - 1))
 
 
-_cache_keyword = cache_keyword  # module-level names, so tests can stand in for them
-_final_logits = final_logits
+_cache_keyword = cache_keyword  # a module-level name, so tests can stand in for it
 
 
 def _attached_hooks(bridge: Any) -> list[str]:
@@ -177,31 +176,6 @@ def prefix_reuse_blockers(model: Model, prompts: Sequence[str]) -> list[str]:
     shared prefix's key/value cache (empty when it will reuse it)."""
     bridge, spec = model
     return _reuse_blockers(bridge, [spec.encode(p) for p in prompts])
-
-
-def _last_block_output(bridge: Any, spec: Any, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                       cache: Any) -> torch.Tensor:
-    """Residual ``[b, T, d]`` after the last block for ``ids`` continuing ``cache`` (which the run extends),
-    stopped there: the final norm and unembedding never run."""
-    import torch
-    from transformer_lens.model_bridge.exceptions import StopAtLayerException
-
-    from emolens.activations import hook_name
-    from emolens.fastpath import hf_internals
-
-    last = spec.n_layers - 1
-    grabbed: list[torch.Tensor] = []
-
-    def stop(resid: torch.Tensor, hook: Any) -> None:
-        grabbed.append(resid)
-        raise StopAtLayerException(resid)
-
-    dev = spec.device
-    with torch.inference_mode(), hf_internals(bridge):  # strict: never the slow path, which ignores the cache
-        bridge.run_with_hooks(ids.to(dev), fwd_hooks=[(hook_name(last), stop)], attention_mask=mask.to(dev),
-                              position_ids=positions.to(dev), return_type=None, stop_at_layer=last + 1,
-                              **{_cache_keyword(bridge): cache})
-    return grabbed[0]
 
 
 def _prefix_cache(bridge: Any, spec: Any, prefix: Sequence[int]) -> Any:
@@ -249,8 +223,8 @@ def shared_prefix_logits(model: Model, seqs: Sequence[Sequence[int]], batch_size
     for batch in length_batches([len(s) for s in seqs], batch_size):
         ids, mask, positions, ends = _suffix_batch([seqs[i] for i in batch], n_prefix, pad)
         with torch.inference_mode():
-            resid = _last_block_output(bridge, spec, ids, mask, positions, repeated(prefix, len(batch)))
-        logits = _final_logits(bridge, resid[torch.arange(len(batch), device=resid.device), ends.to(resid.device)])
+            resid = last_block_output(bridge, spec, ids, mask, positions, repeated(prefix, len(batch)))
+        logits = final_logits(bridge, resid[torch.arange(len(batch), device=resid.device), ends.to(resid.device)])
         if out is None:
             out = torch.zeros((len(seqs), logits.shape[-1]))
         out[batch] = logits
